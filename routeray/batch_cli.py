@@ -1,0 +1,90 @@
+"""`routeray batch ...`: the Ray Data jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+batch_app = typer.Typer(help="Offline jobs on Ray Data.", no_args_is_help=True)
+
+
+def _init_ray(num_cpus: int | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # Inside `ray job submit` RAY_ADDRESS points at the cluster and this connects to it.
+        ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True)
+
+
+@batch_app.command("route")
+def route(
+    output: Annotated[str, typer.Option(help="Output directory (Parquet files + _SUMMARY.json).")],
+    input: Annotated[
+        str | None, typer.Option(help="Parquet file or directory of Parquet files.")
+    ] = None,
+    sample: Annotated[
+        int | None, typer.Option(help="Generate this many prompts as the input instead.")
+    ] = None,
+    router: Annotated[str | None, typer.Option(help="Router directory (default: shipped).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Route strong when score >= this.")
+    ] = None,
+    strong_pct: Annotated[
+        float | None, typer.Option(help="Calibrate the threshold on the input for this share.")
+    ] = None,
+    prompt_column: str = "prompt",
+    batch_size: int = 256,
+    num_actors: int = 1,
+    num_gpus: float = 0.0,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray.")] = None,
+) -> None:
+    """Score every prompt, route it, price it, and write the results with a summary."""
+    from batch_jobs.route import run
+    from routers.checkpoint import CheckpointError
+    from routers.sample_prompts import generate_prompts
+
+    if (input is None) == (sample is None):
+        raise typer.BadParameter("give exactly one of --input and --sample")
+    if sample is not None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sample_dir = Path(f"{output.rstrip('/')}-input")
+        sample_dir.mkdir(parents=True, exist_ok=True)
+        input = str(sample_dir / "prompts.parquet")
+        prompts = generate_prompts(sample)
+        pq.write_table(
+            pa.table({"id": range(sample), "prompt": prompts}),
+            input,
+            row_group_size=max(1, sample // 8),
+        )
+        typer.echo(f"generated {sample} prompts into {input}")
+    _init_ray(num_cpus)
+    try:
+        summary = run(
+            input,
+            output,
+            router_dir=router,
+            threshold=threshold,
+            strong_pct=strong_pct,
+            prompt_column=prompt_column,
+            batch_size=batch_size,
+            num_actors=num_actors,
+            num_gpus=num_gpus,
+        )
+    except (CheckpointError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(
+        f"\nrouted {summary['rows']} prompts: {summary['strong']} to the strong model, "
+        f"{summary['weak']} to the weak model, {summary['errors']} unusable "
+        f"(threshold {summary['threshold']:.4f})\n"
+        f"estimated cost ${summary['estimated_cost_usd']:.4f} against "
+        f"${summary['all_strong_cost_usd']:.4f} all-strong "
+        f"({summary['saving_vs_all_strong']:.1%} saved)\n"
+        f"results: {output}  (summary: {Path(output) / '_SUMMARY.json'})"
+    )

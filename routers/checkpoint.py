@@ -1,0 +1,121 @@
+"""A trained router on disk: `config.json` plus `model.safetensors`. Never pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from routers.protocol import BaseRouter
+from routers.registry import router_class
+
+FORMAT = "routeray-router"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A router directory that cannot be loaded; the message says which and why."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_router(
+    router: BaseRouter, directory: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write the router into `directory`; the config is written last so a crash mid-save
+    leaves a directory that `load_router` rejects instead of half-loads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    document: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "router": router.kind,
+        "config": router.config(),
+        "metadata": metadata or {},
+    }
+    tensors = {name: t.detach().contiguous().cpu() for name, t in router.tensors().items()}
+    if tensors:
+        weights = directory / WEIGHTS_FILE
+        save_file(tensors, str(weights))
+        document["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(weights)}
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as fh:
+        json.dump(document, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.chmod(fh.name, 0o644)  # a temporary file is private; a router directory is shared
+    os.replace(fh.name, directory / CONFIG_FILE)
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's JSON document, validated as a routeray router directory."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise CheckpointError(f"router directory {directory} does not exist")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file, not a router directory")
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory} is not a router directory: it has no {CONFIG_FILE}")
+    try:
+        document = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path} is truncated or not JSON: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(
+            f'{directory} is not a routeray router: {CONFIG_FILE} lacks "format": "{FORMAT}"'
+        )
+    if document.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory} was written by a newer routeray (format_version "
+            f"{document['format_version']} > {FORMAT_VERSION})"
+        )
+    return document
+
+
+def load_router(directory: str | Path, **overrides: Any) -> BaseRouter:
+    """Load a router directory; `overrides` change inference-time choices (e.g. the model pair)."""
+    directory = Path(directory)
+    document = read_config(directory)
+    try:
+        cls = router_class(str(document.get("router")))
+    except ValueError as exc:
+        raise CheckpointError(f"{directory}: {exc}") from exc
+    tensors = {}
+    if "weights" in document:
+        weights = directory / document["weights"]["file"]
+        if not weights.is_file():
+            raise CheckpointError(f"{directory}: weights file {weights.name} is missing")
+        if _sha256(weights) != document["weights"]["sha256"]:
+            raise CheckpointError(
+                f"{directory}: weights file {weights.name} is truncated or modified "
+                "(its sha256 does not match config.json)"
+            )
+        try:
+            tensors = load_file(str(weights))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{directory}: cannot read {weights.name}: {exc}") from exc
+    try:
+        return cls.from_checkpoint(document["config"], tensors, **overrides)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{directory}: config or weights do not fit router {document['router']!r}: {exc}"
+        ) from exc
+
+
+def default_router_dir() -> Path:
+    """The shipped default router, committed inside the package."""
+    return Path(__file__).parent / "default_router"

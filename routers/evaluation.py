@@ -1,0 +1,208 @@
+"""Cost-quality evaluation of strong-vs-weak routers, as in the RouteLLM paper.
+
+The curve construction follows ../shared/data/README.md ("How the paper draws the cost-quality
+curve") so that our APGR / CPT numbers are comparable with the paper's tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BENCHMARKS = ("mt-bench", "mmlu", "gsm8k")
+_FILES = {"mt-bench": "mt_bench.parquet", "mmlu": "mmlu.parquet", "gsm8k": "gsm8k.parquet"}
+_COLUMNS = ["id", "prompt", "weak_score", "strong_score"]
+
+# numpy.trapezoid only exists from numpy 2.0; the project still admits numpy 1.26.
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
+
+def load_benchmark(name: str, data_dir: str | Path) -> pd.DataFrame:
+    """Load one eval benchmark without its contaminated prompts.
+
+    ``data_dir`` may be the ``eval`` folder or the data root holding it. The number of dropped
+    rows is in ``df.attrs["contaminated_dropped"]`` so callers can report it.
+    """
+    if name not in _FILES:
+        raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
+    data_dir = Path(data_dir)
+    candidates = [data_dir / _FILES[name], data_dir / "eval" / _FILES[name]]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        tried = " or ".join(str(p) for p in candidates)
+        raise FileNotFoundError(f"benchmark {name!r} not found: no file at {tried}")
+    raw = pd.read_parquet(path)
+    missing = [c for c in [*_COLUMNS, "contaminated"] if c not in raw.columns]
+    if missing:
+        # Without the contamination flag we could silently evaluate on leaked prompts.
+        raise ValueError(f"{path} lacks columns {missing}")
+    contaminated = raw["contaminated"].fillna(False).astype(bool)
+    df = raw.loc[~contaminated, _COLUMNS].reset_index(drop=True)
+    df["weak_score"] = df["weak_score"].astype(float)
+    df["strong_score"] = df["strong_score"].astype(float)
+    df.attrs["contaminated_dropped"] = int(contaminated.sum())
+    return df
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Points of a cost-quality curve, sorted by ``strong_fraction`` (0..1) ascending."""
+
+    strong_fraction: np.ndarray
+    quality: np.ndarray
+    thresholds: np.ndarray
+
+
+@dataclass
+class Metrics:
+    apgr: float
+    cpt20: float
+    cpt50: float
+    cpt80: float
+    auc: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def _as_arrays(*arrays: np.ndarray) -> list[np.ndarray]:
+    out = [np.asarray(a, dtype=float).ravel() for a in arrays]
+    if len({a.size for a in out}) != 1 or out[0].size == 0:
+        raise ValueError(f"need equal-length, non-empty arrays, got sizes {[a.size for a in out]}")
+    if not all(np.isfinite(a).all() for a in out):
+        raise ValueError("scores must be finite")
+    return out
+
+
+def cost_quality_curve(
+    scores: np.ndarray, weak_scores: np.ndarray, strong_scores: np.ndarray
+) -> Curve:
+    """Decile-threshold curve: the higher a prompt's score, the likelier it goes strong."""
+    scores, weak, strong = _as_arrays(scores, weak_scores, strong_scores)
+    # duplicates="drop" matters for tied router scores (e.g. binary classifiers), where some
+    # deciles coincide and pandas would otherwise raise.
+    _, edges = pd.qcut(scores, 10, retbins=True, duplicates="drop")
+    # The last edge is the maximum score, so ">=" there would still route the top prompt(s);
+    # the paper uses ">" for it to get the all-weak (0 %) point. With a single edge (constant
+    # scores) that edge must also serve as the ">=" (all-strong) point.
+    ge_edges = edges[:-1] if len(edges) > 1 else edges
+    cuts = [(t, scores >= t) for t in ge_edges] + [(edges[-1], scores > edges[-1])]
+    thresholds = np.array([t for t, _ in cuts])
+    routed = np.array([np.where(to_strong, strong, weak).mean() for _, to_strong in cuts])
+    fraction = np.array([to_strong.mean() for _, to_strong in cuts])
+    order = np.argsort(fraction, kind="stable")
+    return Curve(fraction[order], routed[order], thresholds[order])
+
+
+def auc(curve: Curve) -> float:
+    return float(_trapezoid(curve.quality, curve.strong_fraction))
+
+
+def apgr(curve: Curve, weak_mean: float, strong_mean: float) -> float:
+    """Share of the weak-to-strong quality gap recovered, averaged over the curve's x points."""
+    x = curve.strong_fraction
+    auc_weak = _trapezoid(np.full_like(x, weak_mean), x)
+    auc_strong = _trapezoid(np.full_like(x, strong_mean), x)
+    return float((auc(curve) - auc_weak) / (auc_strong - auc_weak))
+
+
+def cpt(curve: Curve, weak_mean: float, strong_mean: float, p: float) -> float:
+    """Percent of strong calls needed to recover ``p`` (0..1) of the quality gap.
+
+    The paper calls ``np.interp(target, quality, strong_percent)``, which silently returns
+    nonsense when quality is not increasing (np.interp requires increasing xp), and real curves
+    dip. We return the smallest strong share at which the piecewise-linear curve first reaches
+    the target, i.e. interpolate on the first segment that crosses it. On an increasing curve
+    this equals the paper's np.interp, clamping included (0 % below the first point, the last
+    point's share if the target is never reached).
+    """
+    target = weak_mean + p * (strong_mean - weak_mean)
+    x = curve.strong_fraction * 100.0
+    q = curve.quality
+    reached = np.flatnonzero(q >= target)
+    if reached.size == 0:
+        return float(x[-1])
+    j = reached[0]
+    if j == 0:
+        return float(x[0])
+    return float(np.interp(target, q[j - 1 : j + 1], x[j - 1 : j + 1]))
+
+
+def _metrics(curve: Curve, weak_mean: float, strong_mean: float) -> Metrics:
+    return Metrics(
+        apgr=apgr(curve, weak_mean, strong_mean),
+        cpt20=cpt(curve, weak_mean, strong_mean, 0.2),
+        cpt50=cpt(curve, weak_mean, strong_mean, 0.5),
+        cpt80=cpt(curve, weak_mean, strong_mean, 0.8),
+        auc=auc(curve),
+    )
+
+
+def evaluate_scores(
+    scores: np.ndarray, weak_scores: np.ndarray, strong_scores: np.ndarray
+) -> tuple[Curve, Metrics]:
+    scores, weak, strong = _as_arrays(scores, weak_scores, strong_scores)
+    curve = cost_quality_curve(scores, weak, strong)
+    return curve, _metrics(curve, weak.mean(), strong.mean())
+
+
+def evaluate_random(
+    weak_scores: np.ndarray, strong_scores: np.ndarray, runs: int = 10, seed: int = 0
+) -> tuple[Curve, Metrics]:
+    """The paper's random baseline: uniform scores, metrics and curve averaged over runs."""
+    weak, strong = _as_arrays(weak_scores, strong_scores)
+    rng = np.random.default_rng(seed)
+    results = [evaluate_scores(rng.uniform(0.0, 1.0, weak.size), weak, strong) for _ in range(runs)]
+    # Continuous scores give 11 distinct deciles, so point i means the same decile in every run.
+    fields = ("strong_fraction", "quality", "thresholds")
+    curve = Curve(*(np.mean([getattr(c, f) for c, _ in results], axis=0) for f in fields))
+    dicts = [m.to_dict() for _, m in results]
+    return curve, Metrics(**{k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]})
+
+
+def oracle_curve(
+    weak_scores: np.ndarray, strong_scores: np.ndarray, max_points: int = 200
+) -> Curve:
+    """Best achievable curve: send prompts to strong in order of their quality gain.
+
+    ``thresholds`` holds the gain of the last prompt sent strong (+inf for none).
+    """
+    weak, strong = _as_arrays(weak_scores, strong_scores)
+    n = weak.size
+    gain = np.sort(strong - weak)[::-1]
+    quality = (weak.sum() + np.concatenate([[0.0], np.cumsum(gain)])) / n
+    thresholds = np.concatenate([[np.inf], gain])
+    # A per-prompt curve has up to 14k points; plotting only needs its shape.
+    keep = np.unique(np.linspace(0, n, min(n + 1, max_points + 1)).round().astype(int))
+    return Curve(keep / n, quality[keep], thresholds[keep])
+
+
+def plot_curves(
+    curves: dict[str, Curve],
+    weak_mean: float,
+    strong_mean: float,
+    oracle: Curve,
+    title: str,
+    path: str | Path,
+) -> None:
+    import matplotlib
+
+    # Agg so plotting works on servers and CI without a display.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, c in curves.items():
+        ax.plot(c.strong_fraction * 100, c.quality, marker="o", markersize=4, label=name)
+    ax.plot(oracle.strong_fraction * 100, oracle.quality, ":", color="gray", label="oracle")
+    ax.axhline(weak_mean, linestyle="--", color="tab:red", label="weak model")
+    ax.axhline(strong_mean, linestyle="--", color="tab:green", label="strong model")
+    ax.set(xlabel="strong model calls (%)", ylabel="quality", title=title, xlim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

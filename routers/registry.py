@@ -1,0 +1,23 @@
+"""Router kinds by name. Adding a router is one module and one line here."""
+
+from __future__ import annotations
+
+import importlib
+
+from routers.protocol import BaseRouter
+
+ROUTERS: dict[str, str] = {
+    "random": "routers.random_router:RandomRouter",
+    "mf": "routers.mf:MFRouter",
+}
+
+
+def router_class(kind: str) -> type[BaseRouter]:
+    try:
+        target = ROUTERS[kind]
+    except KeyError:
+        known = ", ".join(sorted(ROUTERS))
+        raise ValueError(f"unknown router kind {kind!r}; known kinds: {known}") from None
+    module, _, name = target.partition(":")
+    # Imported lazily so that loading one router never pays for another's dependencies.
+    return getattr(importlib.import_module(module), name)

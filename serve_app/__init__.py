@@ -1,0 +1,1 @@
+"""Ray Serve application: OpenAI-compatible ingress, batched router deployment, model backends."""

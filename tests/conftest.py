@@ -1,0 +1,40 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from routers.checkpoint import save_router
+from routers.mf import MFNet, MFRouter
+from routers.model_names import STRONG_MODEL, WEAK_MODEL
+
+# Tests never reach a model hub: the embedder ships inside a pip package.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """../shared/data; missing is a failure, not a skip, so CI cannot silently skip the checks."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = Path(os.environ.get("ROUTERAY_DATA_DIR", default))
+    if not (path / "eval").is_dir() or not (path / "train").is_dir():
+        pytest.fail(f"shared data not found at {path}; set ROUTERAY_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MF router with seeded random weights over the real MiniLM embedder."""
+    torch.manual_seed(7)
+    net = MFNet(n_models=3, embedding_dim=384, dim=16)
+    with torch.no_grad():
+        net.bias.weight.normal_()
+    router = MFRouter(net, [STRONG_MODEL, WEAK_MODEL, "other-model"])
+    directory = tmp_path_factory.mktemp("routers") / "tiny-mf"
+    save_router(router, directory, {"default_threshold": 0.5})
+    return directory

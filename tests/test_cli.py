@@ -1,0 +1,257 @@
+"""The `routeray` command line end to end, on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from routeray.cli import app
+from routers.checkpoint import load_router
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_score_keeps_every_row_and_explains_bad_ones(tmp_path: Path, tiny_router_dir: Path):
+    source = tmp_path / "in.parquet"
+    prompts = ["What is 17 * 23?", None, "   ", "Write a poem about the sea.", "x" * 300_000]
+    pq.write_table(pa.table({"id": [1, 2, 3, 4, 5], "prompt": prompts}), source)
+    out = tmp_path / "out.parquet"
+    result = invoke("score", "--input", source, "--output", out, "--router", tiny_router_dir)
+    assert result.exit_code == 0, result.output
+    assert "3 rows had an unusable prompt" in result.output
+    table = pq.read_table(out).to_pandas()
+    assert table["id"].tolist() == [1, 2, 3, 4, 5]
+    assert table["strong_win_rate"].notna().tolist() == [True, False, False, True, False]
+    assert table.loc[1, "error"] == "prompt is null"
+    assert table.loc[2, "error"] == "prompt is empty"
+    assert "too long" in table.loc[4, "error"]
+    good = table["strong_win_rate"].dropna()
+    assert ((good > 0) & (good < 1)).all()
+    expected = load_router(tiny_router_dir).score([prompts[0], prompts[3]])
+    np.testing.assert_allclose(good.to_numpy(), expected, rtol=1e-6)
+    assert not (tmp_path / "out.parquet.partial").exists()
+
+
+def test_score_non_string_column_is_reported_per_row(tmp_path: Path, tiny_router_dir: Path):
+    source = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"prompt": [1, None, 3]}), source)
+    out = tmp_path / "out.parquet"
+    result = invoke("score", "--input", source, "--output", out, "--router", tiny_router_dir)
+    assert result.exit_code == 0, result.output
+    errors = pq.read_table(out).column("error").to_pylist()
+    assert errors[1] == "prompt is null"
+    assert errors[0].startswith("prompt is not a string")
+
+
+def test_score_missing_column_fails_clearly(tmp_path: Path, tiny_router_dir: Path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["hello"]}), source)
+    result = invoke(
+        "score", "--input", source, "--output", tmp_path / "o.parquet", "--router", tiny_router_dir
+    )
+    assert result.exit_code == 2
+    assert "no column 'prompt'" in result.output
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_score_with_a_foreign_router_dir_fails_clearly(tmp_path: Path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": ["hello"]}), source)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    result = invoke(
+        "score", "--input", source, "--output", tmp_path / "o.parquet", "--router", foreign
+    )
+    assert result.exit_code == 2
+    assert "not a routeray router" in result.output
+
+
+def test_calibrate_prints_a_threshold_that_hits_the_share(tmp_path: Path, tiny_router_dir: Path):
+    prompts = [f"question number {i}: explain topic {i % 7} in detail" for i in range(40)]
+    source = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": [*prompts, None]}), source)
+    result = invoke(
+        "calibrate", "--router", tiny_router_dir, "--input", source, "--strong-pct", "0.25"
+    )
+    assert result.exit_code == 0, result.output
+    threshold = float(result.output.strip().splitlines()[-1])
+    scores = load_router(tiny_router_dir).score(prompts)
+    assert np.mean(scores >= threshold) == pytest.approx(0.25)
+    assert "1 unusable rows ignored" in result.output
+
+
+def _write_benchmark(directory: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 60
+    directory.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "id": [f"mmlu/x/{i}" for i in range(n)],
+            "prompt": [
+                f"Question {i}: which option is right about subject {i % 5}?" for i in range(n)
+            ],
+            "weak_score": rng.integers(0, 2, n).astype(float),
+            "strong_score": rng.integers(0, 2, n).astype(float),
+            "contaminated": [i < 3 for i in range(n)],
+        }
+    ).to_parquet(directory / "mmlu.parquet")
+
+
+def test_eval_writes_metrics_and_plot(tmp_path: Path, tiny_router_dir: Path):
+    data = tmp_path / "eval"
+    _write_benchmark(data)
+    out = tmp_path / "result"
+    result = invoke(
+        "eval",
+        "--benchmark",
+        "mmlu",
+        "--routers",
+        "random",
+        str(tiny_router_dir),
+        "--data-dir",
+        data,
+        "--output",
+        out,
+        "--no-embedding-cache",
+    )
+    assert result.exit_code == 0, result.output
+    assert "57 prompts (3 contaminated prompts left out)" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"random", "tiny-mf"}
+    for values in metrics.values():
+        assert set(values) == {"apgr", "cpt20", "cpt50", "cpt80", "auc"}
+        assert 0.0 <= values["cpt50"] <= 100.0
+    assert (out / "mmlu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_unknown_benchmark_fails_clearly(tmp_path: Path):
+    result = invoke(
+        "eval",
+        "--benchmark",
+        "hellaswag",
+        "--routers",
+        "random",
+        "--data-dir",
+        tmp_path,
+        "--output",
+        tmp_path / "o",
+    )
+    assert result.exit_code == 2
+    assert "unknown benchmark 'hellaswag'" in result.output
+
+
+def _write_training_sources(directory: Path) -> None:
+    directory.mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        math = i % 2 == 0
+        prompt = f"Solve: {i} + {i * 3} times {i + 2}" if math else f"Say hello to friend {i}"
+        for other in ("vicuna-7b", "text_davinci_003"):
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "model_a": "gpt4_1106_preview",
+                    "model_b": other,
+                    "winner": "model_a" if math else "model_b",
+                }
+            )
+        rows.append(
+            {
+                "prompt": prompt,
+                "model_a": "gpt4_1106_preview",
+                "model_b": "Mixtral-8x7B-Instruct-v0.1",
+                "winner": "model_a" if math else "tie",
+            }
+        )
+    rows.append(
+        {
+            "prompt": "An eval prompt that leaked",
+            "model_a": "gpt4_1106_preview",
+            "model_b": "vicuna-7b",
+            "winner": "model_a",
+        }
+    )
+    pd.DataFrame(rows).to_parquet(directory / "alpaca_eval_pairwise.parquet")
+    arena = [
+        {"question_id": f"q{q}", "model": m, "score": s, "prompt": f"Arena prompt {q}"}
+        for q in range(4)
+        for m, s in (("gpt-4-1106-preview", 9.0), ("mistralai/Mixtral-8x7B-Instruct-v0.1", 6.0))
+    ]
+    pd.DataFrame(arena).to_parquet(directory / "arena_bench_v1_scores.parquet")
+    pd.DataFrame(
+        {
+            "question_id": ["a", "b"],
+            "src": ["ori_mmlu-law", "stemez-Physics"],
+            "prompt": ["MMLU-derived question", "What is the unit of force?"],
+            "from_original_mmlu": [True, False],
+            "correct__Mixtral-8x7B-Instruct-v0.1": pd.array([True, False], dtype="boolean"),
+            "correct__gpt-4o-2024-05-13": pd.array([True, True], dtype="boolean"),
+        }
+    ).to_parquet(directory / "mmlu_pro_correctness.parquet")
+
+
+def test_train_writes_a_loadable_decontaminated_router(tmp_path: Path):
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    _write_training_sources(train_dir)
+    eval_dir.mkdir()
+    for name in ("mt_bench", "mmlu", "gsm8k"):
+        pd.DataFrame(
+            {"prompt": ["an EVAL prompt  that leaked" if name == "mmlu" else "other"]}
+        ).to_parquet(eval_dir / f"{name}.parquet")
+    out = tmp_path / "router"
+    result = invoke(
+        "train",
+        "--router",
+        "mf",
+        "--data-dir",
+        train_dir,
+        "--eval-dir",
+        eval_dir,
+        "--output",
+        out,
+        "--no-embedding-cache",
+    )
+    assert result.exit_code == 0, result.output
+    assert "alpaca_eval: dropped 1 battles (1 prompts)" in result.output
+    assert "mmlu_pro: left out 1 MMLU-derived questions" in result.output
+    router = load_router(out)
+    scores = router.score(["Solve: 7 + 21 times 9", "Say hello to friend 99"])
+    assert scores[0] > scores[1]
+    meta = json.loads((out / "config.json").read_text())["metadata"]
+    assert 0.0 <= meta["default_threshold"] <= 1.0
+
+
+def test_train_unknown_router_kind_fails_clearly(tmp_path: Path):
+    result = invoke("train", "--router", "gpt-magic", "--output", tmp_path / "r")
+    assert result.exit_code == 2
+    assert "unknown router kind 'gpt-magic'" in result.output
+
+
+def test_train_without_eval_data_refuses(tmp_path: Path):
+    train_dir = tmp_path / "train"
+    _write_training_sources(train_dir)
+    result = invoke(
+        "train",
+        "--data-dir",
+        train_dir,
+        "--eval-dir",
+        tmp_path / "missing",
+        "--output",
+        tmp_path / "r",
+        "--no-embedding-cache",
+    )
+    assert result.exit_code == 2
+    assert "always decontaminated" in result.output
+    assert not (tmp_path / "r").exists()
