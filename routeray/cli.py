@@ -255,6 +255,43 @@ def evaluate(
     typer.echo(f"wrote {output / 'metrics.json'} and {plot}")
 
 
+@app.command()
+def ratings(
+    data_dir: Annotated[Path, typer.Option(help="Training data (../shared/data/train).")] = Path(
+        "../shared/data/train"
+    ),
+    eval_dir: Annotated[Path, typer.Option(help="Eval data to decontaminate against.")] = Path(
+        "../shared/data/eval"
+    ),
+    n_tiers: Annotated[int, typer.Option("--tiers", help="Number of tiers.")] = 10,
+    top: Annotated[int, typer.Option(help="Show this many models (0: all).")] = 0,
+) -> None:
+    """Bradley-Terry (Elo) ratings of every model in the battles, grouped into tiers."""
+    from routers.ratings import bradley_terry, tiers
+    from routers.training_data import load_battles
+
+    try:
+        battles = load_battles(data_dir, eval_dir)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    rated = bradley_terry(battles)
+    grouped = tiers(rated, n_tiers)
+    games = _battle_counts(battles)
+    typer.echo(f"{'tier':>4}  {'rating':>7}  {'battles':>7}  model")
+    for model in rated.index[: top or None]:
+        typer.echo(f"{grouped[model]:>4}  {rated[model]:>7.1f}  {games[model]:>7}  {model}")
+
+
+def _battle_counts(battles) -> dict[str, int]:
+    return (
+        battles["model_a"]
+        .value_counts()
+        .add(battles["model_b"].value_counts(), fill_value=0)
+        .astype(int)
+        .to_dict()
+    )
+
+
 @app.command("routers")
 def list_routers() -> None:
     """List the router kinds that `train` accepts."""

@@ -255,3 +255,19 @@ def test_train_without_eval_data_refuses(tmp_path: Path):
     assert result.exit_code == 2
     assert "always decontaminated" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_ratings_rank_the_model_that_wins_first(tmp_path: Path):
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    _write_training_sources(train_dir)
+    eval_dir.mkdir()
+    for name in ("mt_bench", "mmlu", "gsm8k"):
+        pd.DataFrame({"prompt": ["unrelated"]}).to_parquet(eval_dir / f"{name}.parquet")
+    result = invoke("ratings", "--data-dir", train_dir, "--eval-dir", eval_dir, "--tiers", "2")
+    assert result.exit_code == 0, result.output
+    table = [line.split() for line in result.output.splitlines() if line[:4].strip().isdigit()]
+    # In the fixture gpt-4o wins its one battle and never loses; Mixtral never wins (it loses
+    # or ties every battle with gpt-4-1106 and loses to gpt-4o).
+    assert table[0][0] == "1" and table[0][3] == "gpt-4o-2024-05-13"
+    assert table[-1][0] == "2" and table[-1][3] == "mixtral-8x7b-instruct-v0.1"
+    assert {row[0] for row in table} == {"1", "2"}
