@@ -27,11 +27,10 @@ NoCacheOption = Annotated[
 ]
 
 
-def _use_cache(cache: Path, disabled: bool) -> None:
-    if disabled:
-        os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)
-    else:
-        os.environ["ROUTERAY_EMBEDDING_CACHE"] = str(cache)
+def _cache(cache: Path, disabled: bool):
+    from routers.embedders import embedding_cache
+
+    return embedding_cache(None if disabled else cache)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -65,40 +64,42 @@ def train(
     from routers.registry import router_class
     from routers.training_data import load_battles
 
-    _use_cache(embedding_cache, no_embedding_cache)
-    try:
-        cls = router_class(router)
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
-    if not eval_dir.is_dir():
-        raise _fail(f"eval dir {eval_dir} not found: training is always decontaminated against it")
-    try:
-        battles = load_battles(data_dir, eval_dir, seed=seed)
-    except FileNotFoundError as exc:
-        raise _fail(str(exc)) from exc
-    options = {"embedder": {"model_path": embedder}} if embedder else {}
-    trained = cls.train(battles, seed=seed, **options)
-    prompts = battles["prompt"].drop_duplicates().tolist()
-    threshold = threshold_for_strong_share(trained.score(prompts), strong_pct)
-    metadata = {
-        "default_threshold": threshold,
-        "calibration": {
-            "strong_pct": strong_pct,
-            "prompts": "unique training prompts",
-            "n": len(prompts),
-        },
-        "training": {
-            "data_dir": str(data_dir),
-            "battles": len(battles),
-            "seed": seed,
-            "sources": battles["source"].value_counts().to_dict(),
-        },
-    }
-    save_router(trained, output, metadata)
-    typer.echo(
-        f"saved {router} router to {output} (default threshold {threshold:.4f} "
-        f"for {strong_pct:.0%} strong calls on the training prompts)"
-    )
+    with _cache(embedding_cache, no_embedding_cache):
+        try:
+            cls = router_class(router)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        if not eval_dir.is_dir():
+            raise _fail(
+                f"eval dir {eval_dir} not found: training is always decontaminated against it"
+            )
+        try:
+            battles = load_battles(data_dir, eval_dir, seed=seed)
+        except FileNotFoundError as exc:
+            raise _fail(str(exc)) from exc
+        options = {"embedder": {"model_path": embedder}} if embedder else {}
+        trained = cls.train(battles, seed=seed, **options)
+        prompts = battles["prompt"].drop_duplicates().tolist()
+        threshold = threshold_for_strong_share(trained.score(prompts), strong_pct)
+        metadata = {
+            "default_threshold": threshold,
+            "calibration": {
+                "strong_pct": strong_pct,
+                "prompts": "unique training prompts",
+                "n": len(prompts),
+            },
+            "training": {
+                "data_dir": str(data_dir),
+                "battles": len(battles),
+                "seed": seed,
+                "sources": battles["source"].value_counts().to_dict(),
+            },
+        }
+        save_router(trained, output, metadata)
+        typer.echo(
+            f"saved {router} router to {output} (default threshold {threshold:.4f} "
+            f"for {strong_pct:.0%} strong calls on the training prompts)"
+        )
 
 
 @app.command()
@@ -210,49 +211,49 @@ def evaluate(
         plot_curves,
     )
 
-    _use_cache(embedding_cache, no_embedding_cache)
-    names = [*routers, *ctx.args]
-    try:
-        df = load_benchmark(benchmark, data_dir)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
-    typer.echo(
-        f"{benchmark}: {len(df)} prompts ({df.attrs['contaminated_dropped']} "
-        "contaminated prompts left out)"
-    )
-    weak, strong = df["weak_score"].to_numpy(), df["strong_score"].to_numpy()
-    curves, metrics = {}, {}
-    for name in names:
-        if name == "random":
-            curve, result = evaluate_random(weak, strong)
-        else:
-            path = default_router_dir() if name == "default" else Path(name)
-            label = "default" if name == "default" else path.name
-            try:
-                loaded = load_router(path)
-            except CheckpointError as exc:
-                raise _fail(str(exc)) from exc
-            curve, result = evaluate_scores(loaded.score(df["prompt"].tolist()), weak, strong)
-            name = label
-        curves[name], metrics[name] = curve, result.to_dict()
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot = output / f"{benchmark}.png"
-    plot_curves(
-        curves,
-        weak.mean(),
-        strong.mean(),
-        oracle_curve(weak, strong),
-        f"{benchmark}: cost vs quality",
-        plot,
-    )
-    typer.echo(f"{'router':<24}{'APGR':>8}{'CPT20':>9}{'CPT50':>9}{'CPT80':>9}{'AUC':>9}")
-    for name, m in metrics.items():
+    with _cache(embedding_cache, no_embedding_cache):
+        names = [*routers, *ctx.args]
+        try:
+            df = load_benchmark(benchmark, data_dir)
+        except (ValueError, FileNotFoundError) as exc:
+            raise _fail(str(exc)) from exc
         typer.echo(
-            f"{name:<24}{m['apgr']:>8.3f}{m['cpt20']:>8.2f}%{m['cpt50']:>8.2f}%"
-            f"{m['cpt80']:>8.2f}%{m['auc']:>9.4f}"
+            f"{benchmark}: {len(df)} prompts ({df.attrs['contaminated_dropped']} "
+            "contaminated prompts left out)"
         )
-    typer.echo(f"wrote {output / 'metrics.json'} and {plot}")
+        weak, strong = df["weak_score"].to_numpy(), df["strong_score"].to_numpy()
+        curves, metrics = {}, {}
+        for name in names:
+            if name == "random":
+                curve, result = evaluate_random(weak, strong)
+            else:
+                path = default_router_dir() if name == "default" else Path(name)
+                label = "default" if name == "default" else path.name
+                try:
+                    loaded = load_router(path)
+                except CheckpointError as exc:
+                    raise _fail(str(exc)) from exc
+                curve, result = evaluate_scores(loaded.score(df["prompt"].tolist()), weak, strong)
+                name = label
+            curves[name], metrics[name] = curve, result.to_dict()
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        plot = output / f"{benchmark}.png"
+        plot_curves(
+            curves,
+            weak.mean(),
+            strong.mean(),
+            oracle_curve(weak, strong),
+            f"{benchmark}: cost vs quality",
+            plot,
+        )
+        typer.echo(f"{'router':<24}{'APGR':>8}{'CPT20':>9}{'CPT50':>9}{'CPT80':>9}{'AUC':>9}")
+        for name, m in metrics.items():
+            typer.echo(
+                f"{name:<24}{m['apgr']:>8.3f}{m['cpt20']:>8.2f}%{m['cpt50']:>8.2f}%"
+                f"{m['cpt80']:>8.2f}%{m['auc']:>9.4f}"
+            )
+        typer.echo(f"wrote {output / 'metrics.json'} and {plot}")
 
 
 @app.command()

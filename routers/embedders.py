@@ -9,17 +9,19 @@ prompt that decides the route (the question after a pasted passage) is usually a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+CACHE_ENV = "ROUTERAY_EMBEDDING_CACHE"
 
 
 def default_model_path() -> str:
@@ -197,5 +199,19 @@ def get_embedder(
     Setting ROUTERAY_EMBEDDING_CACHE to a directory turns on the on-disk cache.
     """
     embedder = _shared_embedder(model_path, max_tokens, head_tokens)
-    cache_dir = os.environ.get("ROUTERAY_EMBEDDING_CACHE")
+    cache_dir = os.environ.get(CACHE_ENV)
     return CachedEmbedder(embedder, cache_dir) if cache_dir else embedder
+
+
+@contextlib.contextmanager
+def embedding_cache(cache_dir: str | Path | None) -> Iterator[None]:
+    """Within the block, `get_embedder` caches vectors in `cache_dir` (None: no cache)."""
+    previous = os.environ.pop(CACHE_ENV, None)
+    if cache_dir is not None:
+        os.environ[CACHE_ENV] = str(cache_dir)
+    try:
+        yield
+    finally:
+        os.environ.pop(CACHE_ENV, None)
+        if previous is not None:
+            os.environ[CACHE_ENV] = previous

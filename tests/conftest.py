@@ -14,7 +14,12 @@ from routers.model_names import STRONG_MODEL, WEAK_MODEL
 
 # Tests never reach a model hub: the embedder ships inside a pip package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_embedding_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test embeds for real: a cache left by an earlier run must not answer for it."""
+    monkeypatch.delenv("ROUTERAY_EMBEDDING_CACHE", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -271,3 +271,20 @@ def test_ratings_rank_the_model_that_wins_first(tmp_path: Path):
     assert table[0][0] == "1" and table[0][3] == "gpt-4o-2024-05-13"
     assert table[-1][0] == "2" and table[-1][3] == "mixtral-8x7b-instruct-v0.1"
     assert {row[0] for row in table} == {"1", "2"}
+
+
+def test_cli_cache_setting_does_not_outlive_the_command(tmp_path: Path):
+    import os
+
+    invoke(
+        "eval",
+        "--benchmark",
+        "nope",
+        "--routers",
+        "random",
+        "--data-dir",
+        tmp_path,
+        "--embedding-cache",
+        tmp_path / "cache",
+    )
+    assert "ROUTERAY_EMBEDDING_CACHE" not in os.environ
