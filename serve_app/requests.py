@@ -1,0 +1,131 @@
+"""Validation of OpenAI chat requests and of the `model` field that picks the routing."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serve_app.errors import APIError
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text or "" for p in self.content or [] if p.type == "text")
+
+
+class ChatRequest(BaseModel):
+    """The fields routeray reads; everything else passes through to the backend."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int | None = Field(default=None, ge=1)
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        raise APIError(400, f"invalid request: {param}: {first['msg']}", param=param) from exc
+
+
+def routing_text(request: ChatRequest, route_on: str) -> str:
+    """What the router reads: the last user message (as the paper does) or the conversation."""
+    if route_on == "conversation":
+        text = "\n\n".join(f"{m.role}: {m.text()}" for m in request.messages if m.text())
+    else:
+        users = [m for m in request.messages if m.role == "user"]
+        text = users[-1].text() if users else ""
+    if not text.strip():
+        raise APIError(400, "messages contain no user text to route on", param="messages")
+    return text
+
+
+_ROUTER_MODEL = re.compile(r"^router-(?P<rest>.+)$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: through a router (with a threshold) or straight to a backend."""
+
+    router: str | None
+    threshold: float | None
+    backend: Literal["strong", "weak"] | None
+
+
+def resolve_model(model: str, thresholds: dict[str, float], strong: str, weak: str) -> Target:
+    """`router-<name>-<threshold>`, `router-<name>`, or a backend's own model name."""
+    if model == strong:
+        return Target(None, None, "strong")
+    if model == weak:
+        return Target(None, None, "weak")
+    match = _ROUTER_MODEL.match(model)
+    if match:
+        rest = match["rest"]
+        if rest in thresholds:
+            return Target(rest, thresholds[rest], None)
+        # Router names may contain dashes themselves: match the longest known name first.
+        name = next(
+            (n for n in sorted(thresholds, key=len, reverse=True) if rest.startswith(n + "-")), None
+        )
+        if name is not None:
+            value = rest[len(name) + 1 :]
+            try:
+                threshold = float(value)
+            except ValueError:
+                raise APIError(
+                    400, f"threshold {value!r} in model {model!r} is not a number", param="model"
+                ) from None
+            if not 0.0 <= threshold <= 1.0:
+                raise APIError(
+                    400,
+                    f"threshold {threshold} in model {model!r} is outside [0, 1]",
+                    param="model",
+                )
+            return Target(name, threshold, None)
+        known = ", ".join(f"router-{n}" for n in sorted(thresholds))
+        raise APIError(
+            404,
+            f"unknown router in model {model!r}; available: {known}",
+            param="model",
+            code="model_not_found",
+        )
+    raise APIError(
+        404,
+        f"model {model!r} not found; use router-<name>[-<threshold>], {strong!r} or {weak!r}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def backend_request(request: ChatRequest) -> dict[str, Any]:
+    return request.model_dump(exclude_none=True)

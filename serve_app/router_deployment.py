@@ -1,0 +1,75 @@
+"""The router as a Serve deployment: loads router directories, scores with dynamic batching."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+from ray import serve
+from ray.serve import metrics
+
+from routers.checkpoint import default_router_dir, load_router, read_config
+
+
+class RouterDeployment:
+    """Scores prompts for every configured router; concurrent requests are batched.
+
+    Only the router protocol (`score`) and checkpoint loading are used here.
+    """
+
+    def __init__(self, routers: list[dict[str, Any]], batching: dict[str, Any]) -> None:
+        self._routers: dict[str, Any] = {}
+        self._thresholds: dict[str, float] = {}
+        for spec in routers:
+            path = spec.get("path") or str(default_router_dir())
+            router = load_router(path)
+            threshold = spec.get("threshold")
+            if threshold is None:
+                threshold = read_config(path).get("metadata", {}).get("default_threshold", 0.5)
+            for name in [spec["name"], *spec.get("aliases", [])]:
+                self._routers[name] = router
+                self._thresholds[name] = float(threshold)
+        self.reconfigure(batching)
+        self._batch_counts: Counter[int] = Counter()
+        self._batch_sizes = metrics.Histogram(
+            "routeray_router_batch_size",
+            description="Prompts scored per batch.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+        )
+        self._latency = metrics.Histogram(
+            "routeray_router_batch_latency_s",
+            description="Seconds to score one batch.",
+            boundaries=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+        )
+
+    def reconfigure(self, batching: dict[str, Any]) -> None:
+        self.score.set_max_batch_size(int(batching.get("max_batch_size", 32)))
+        self.score.set_batch_wait_timeout_s(float(batching.get("batch_wait_timeout_s", 0.01)))
+
+    def batch_stats(self) -> dict[int, int]:
+        """How many batches of each size this replica has scored (for benchmarks)."""
+        return dict(self._batch_counts)
+
+    def describe(self) -> dict[str, float]:
+        """Router names (aliases included) and their default thresholds."""
+        return dict(self._thresholds)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def score(self, items: list[tuple[str, str]]) -> list[float]:
+        """Each item is (router name, prompt); one batch may mix routers."""
+        start = time.perf_counter()
+        out = [0.0] * len(items)
+        by_router: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(items):
+            by_router.setdefault(name, []).append(i)
+        for name, rows in by_router.items():
+            # Scoring is CPU/GPU-bound; off the event loop so the replica keeps accepting work.
+            scores = await asyncio.to_thread(self._routers[name].score, [items[i][1] for i in rows])
+            for i, s in zip(rows, scores, strict=True):
+                out[i] = float(s)
+        self._batch_sizes.observe(len(items))
+        self._batch_counts[len(items)] += 1
+        self._latency.observe(time.perf_counter() - start)
+        return out

@@ -1,0 +1,90 @@
+"""Request validation and model-name resolution, without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serve_app.errors import APIError
+from serve_app.requests import Target, parse_chat_request, resolve_model, routing_text
+
+THRESHOLDS = {"mf": 0.4, "default": 0.4, "mf-large": 0.7}
+
+
+def test_resolve_router_names_thresholds_and_backends():
+    assert resolve_model("router-mf", THRESHOLDS, "big", "small") == Target("mf", 0.4, None)
+    assert resolve_model("router-mf-0.25", THRESHOLDS, "big", "small") == Target("mf", 0.25, None)
+    assert resolve_model("router-mf-large", THRESHOLDS, "big", "small") == Target(
+        "mf-large", 0.7, None
+    )
+    assert resolve_model("router-mf-large-0.9", THRESHOLDS, "big", "small") == Target(
+        "mf-large", 0.9, None
+    )
+    assert resolve_model("big", THRESHOLDS, "big", "small") == Target(None, None, "strong")
+    assert resolve_model("small", THRESHOLDS, "big", "small") == Target(None, None, "weak")
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "words"),
+    [
+        ("router-mf-1.01", 400, "outside [0, 1]"),
+        ("router-mf--0.1", 400, "outside [0, 1]"),
+        ("router-mf-x", 400, "not a number"),
+        ("router-other", 404, "unknown router"),
+        ("gpt-9", 404, "not found"),
+    ],
+)
+def test_resolve_errors(model, status, words):
+    with pytest.raises(APIError) as info:
+        resolve_model(model, THRESHOLDS, "big", "small")
+    assert info.value.status == status and words in info.value.message
+    assert info.value.body()["error"]["param"] == "model"
+
+
+def test_routing_text_last_user_or_conversation():
+    request = parse_chat_request(
+        json.dumps(
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "ok"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "second"},
+                            {"type": "image_url", "image_url": {"url": "x"}},
+                        ],
+                    },
+                ],
+            }
+        ).encode()
+    )
+    assert routing_text(request, "last_user") == "second"
+    assert routing_text(request, "conversation") == (
+        "system: be brief\n\nuser: first\n\nassistant: ok\n\nuser: second"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b"{", None),
+        (b'"text"', None),
+        (b'{"model": "m", "messages": [], "stream": false}', "messages"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages.0.content"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "a"}], "max_tokens": 0}',
+            "max_tokens",
+        ),
+        (b'{"model": "", "messages": [{"role": "user", "content": "a"}]}', "model"),
+    ],
+)
+def test_parse_errors_are_400_with_the_param(raw, param):
+    with pytest.raises(APIError) as info:
+        parse_chat_request(raw)
+    assert info.value.status == 400
+    if param:
+        assert info.value.param.startswith(param)
