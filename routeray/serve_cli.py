@@ -60,8 +60,11 @@ def serve(
 
             typer.echo(openai_example(base_url))
         typer.echo("\nCtrl-C to stop.")
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        stop.wait()
+        # Ray replaces the default SIGINT handling in the driver; take both signals back.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:

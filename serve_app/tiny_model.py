@@ -16,6 +16,10 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 # Written last, so its presence means every other file is complete.
 _MARKER = "tiny_model.json"
@@ -75,7 +79,7 @@ def _corpus(seed: int, n_lines: int = 600) -> list[str]:
     return lines
 
 
-def _build_tokenizer(seed: int):  # -> PreTrainedTokenizerFast
+def _build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
