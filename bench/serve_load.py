@@ -51,9 +51,11 @@ async def _load(
     ) as client:
 
         async def worker(w: int) -> None:
-            i = w
+            i, turn = w, w
             while time.perf_counter() < deadline:
-                model = models[i % len(models)]
+                # Every client alternates between the models, so both see the same load.
+                model = models[turn % len(models)]
+                turn += 1
                 start = time.perf_counter()
                 await client.chat.completions.create(
                     model=model,
@@ -83,7 +85,8 @@ def main() -> None:
     from serve_app.strong_standin import StrongStandin
     from serve_app.tiny_model import build_tiny_model
 
-    prompts = generate_prompts(500, seed=11)
+    # The tiny weak model has a 1,024-token context; keep prompts that fit it.
+    prompts = [p for p in generate_prompts(800, seed=11) if len(p) < 1200][:500]
     model_dir = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-model")
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}/v1"

@@ -149,4 +149,18 @@ class ServeConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ServeConfig:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        """A ServeConfig document, or a Ray Serve config file (serve_config.yaml): then the
+        routeray application's `args` and the file's `http_options`."""
+        document = yaml.safe_load(Path(path).read_text()) or {}
+        if "applications" not in document:
+            return cls.model_validate(document)
+        apps = [
+            a for a in document["applications"] if a.get("import_path") == "serve_app.app:build_app"
+        ]
+        if not apps:
+            raise ValueError(f"{path} has no application with import_path serve_app.app:build_app")
+        http = document.get("http_options") or {}
+        args = {**apps[0].get("args", {})}
+        args.setdefault("host", http.get("host", "127.0.0.1"))
+        args.setdefault("port", http.get("port", 8000))
+        return cls.model_validate(args)
