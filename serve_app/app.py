@@ -58,7 +58,12 @@ def build(config: ServeConfig) -> Application:
     router = (
         serve.deployment(RouterDeployment)
         .options(**router_options)
-        .bind([r.model_dump() for r in config.routers], rd.batching.model_dump())
+        .bind(
+            [r.model_dump() for r in config.routers],
+            rd.batching.model_dump(),
+            # Torch threads for a CPU replica: its share of cores, not all of the machine's.
+            max(1, int(rd.num_cpus)) if rd.num_gpus == 0 else None,
+        )
     )
     ingress = serve.deployment(Ingress).options(
         name="Ingress",

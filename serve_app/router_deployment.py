@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import torch
 from ray import serve
 from ray.serve import metrics
 
@@ -19,7 +20,13 @@ class RouterDeployment:
     Only the router protocol (`score`) and checkpoint loading are used here.
     """
 
-    def __init__(self, routers: list[dict[str, Any]], batching: dict[str, Any]) -> None:
+    def __init__(
+        self, routers: list[dict[str, Any]], batching: dict[str, Any], threads: int | None = None
+    ) -> None:
+        if threads:
+            # On a CPU replica torch would start one thread per core of the machine; beside a
+            # vLLM engine that oversubscribes the cores and spinning threads starve each other.
+            torch.set_num_threads(threads)
         self._routers: dict[str, Any] = {}
         self._thresholds: dict[str, float] = {}
         for spec in routers:
@@ -31,6 +38,9 @@ class RouterDeployment:
             for name in [spec["name"], *spec.get("aliases", [])]:
                 self._routers[name] = router
                 self._thresholds[name] = float(threshold)
+        # Load embedders now: the replica reports ready only once it can answer at full speed.
+        for router in {id(r): r for r in self._routers.values()}.values():
+            router.score(["warm up"])
         self.reconfigure(batching)
         self._batch_counts: Counter[int] = Counter()
         self._batch_sizes = metrics.Histogram(
