@@ -48,10 +48,11 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
     config.max_body_bytes = 64 * 1024
     config.strong.max_retries = 1
     config.strong.backoff_initial_s = config.strong.backoff_max_s = 0.05
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    metrics_port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build(config), name="routeray", route_prefix="/")
-    yield f"http://127.0.0.1:{port}/v1", standin
+    yield f"http://127.0.0.1:{port}/v1", standin, metrics_port
     serve.shutdown()
     ray.shutdown()
     standin.stop()
@@ -313,6 +314,35 @@ def test_missing_key_is_401(endpoint, header):
     )
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_metrics_are_exported_through_ray(endpoint, client):
+    import time
+
+    ask(client, "router-mf-0.0")
+    wanted = [
+        "routeray_requests",
+        "routeray_strong_share",
+        "routeray_estimated_cost_usd",
+        "routeray_router_latency_s",
+        "routeray_router_batch_size",
+        "routeray_backend_errors",
+        "routeray_fallbacks",
+    ]
+    deadline = time.time() + 60
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{endpoint[2]}/metrics", timeout=10).text
+        missing = [name for name in wanted if name not in text]
+        if not missing or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert missing == []
+    requests = [
+        line
+        for line in text.splitlines()
+        if line.startswith("ray_routeray_requests") and 'route="strong"' in line
+    ]
+    assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 1
 
 
 def test_prompts_are_not_logged(endpoint, client):
