@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import tempfile
 import time
 from collections import Counter
@@ -26,12 +25,6 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _load(
@@ -81,14 +74,14 @@ def main() -> None:
     from routers.sample_prompts import generate_prompts
     from serve_app.app import build
     from serve_app.config import BatchingConfig
-    from serve_app.demo import WEAK_MODEL, demo_config
+    from serve_app.demo import WEAK_MODEL, demo_config, free_port
     from serve_app.strong_standin import StrongStandin
     from serve_app.tiny_model import build_tiny_model
 
     # The tiny weak model has a 1,024-token context; keep prompts that fit it.
     prompts = [p for p in generate_prompts(800, seed=11) if len(p) < 1200][:500]
     model_dir = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-model")
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.clients} clients, "

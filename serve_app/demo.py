@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from serve_app.config import (
@@ -15,6 +16,13 @@ from serve_app.config import (
 
 STRONG_MODEL = "gpt-4-1106-preview"
 WEAK_MODEL = "tiny-llama"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def demo_config(model_dir: Path, strong_base_url: str, port: int) -> ServeConfig:

@@ -4,7 +4,6 @@ model, the shipped router, the strong-API stand-in with faults, and the real `op
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import httpx
@@ -18,17 +17,11 @@ from ray import serve  # noqa: E402
 
 from serve_app.app import build  # noqa: E402
 from serve_app.config import AuthConfig, SecretRef  # noqa: E402
-from serve_app.demo import STRONG_MODEL, WEAK_MODEL, demo_config  # noqa: E402
+from serve_app.demo import STRONG_MODEL, WEAK_MODEL, demo_config, free_port  # noqa: E402
 from serve_app.strong_standin import StrongStandin  # noqa: E402
 from serve_app.tiny_model import build_tiny_model  # noqa: E402
 
 KEY = "test-client-key-123"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +35,13 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
     keys.write_text(f"other-key\n{KEY}\n")
     standin = StrongStandin()
     standin.start()
-    port = _free_port()
+    port = free_port()
     config = demo_config(model_dir, standin.base_url, port)
     config.auth = AuthConfig(api_keys=SecretRef(file=str(keys)))
     config.max_body_bytes = 64 * 1024
     config.strong.max_retries = 1
     config.strong.backoff_initial_s = config.strong.backoff_max_s = 0.05
-    metrics_port = _free_port()
+    metrics_port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build(config), name="routeray", route_prefix="/")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +18,9 @@ pytestmark = pytest.mark.slow
 def test_demo_serves_and_stops_on_ctrl_c(tmp_path: Path):
     import openai
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from serve_app.demo import free_port
+
+    port = free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     routeray = Path(sys.executable).with_name("routeray")
     log = (tmp_path / "demo.log").open("w+")
