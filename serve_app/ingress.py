@@ -110,12 +110,13 @@ class Ingress:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise APIError(413, f"request body is larger than {limit} bytes")
-        body = b""
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
+            # Checked while reading: a client that lies in Content-Length is cut off early.
             if len(body) > limit:
                 raise APIError(413, f"request body is larger than {limit} bytes")
-        return body
+        return bytes(body)
 
     def _account(self, backend: str, response: dict[str, Any]) -> None:
         usage = response.get("usage") or {}
