@@ -144,6 +144,7 @@ def score(
     batch_rows: Annotated[int, typer.Option(help="Rows read and scored at a time.")] = 4096,
 ) -> None:
     """Write INPUT's columns plus `strong_win_rate` (and `error` for unusable prompts)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from routers.checkpoint import CheckpointError, default_router_dir, load_router
@@ -165,8 +166,6 @@ def score(
     writer = None
     try:
         for batch in source.iter_batches(batch_size=batch_rows):
-            import pyarrow as pa
-
             scored = score_table(loaded, pa.Table.from_batches([batch]), prompt_column)
             bad += scored.num_rows - scored.column(ERROR_COLUMN).null_count
             rows += scored.num_rows
@@ -231,6 +230,8 @@ def evaluate(
             else:
                 path = default_router_dir() if name == "default" else Path(name)
                 label = "default" if name == "default" else path.name
+                # Two directories with one base name would overwrite each other's results.
+                label = str(path) if label in curves else label
                 try:
                     loaded = load_router(path)
                 except CheckpointError as exc:
