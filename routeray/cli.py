@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from routeray import CACHE_DIR
 from routeray.batch_cli import batch_app
 from routeray.serve_cli import serve
 
@@ -20,7 +20,6 @@ app = typer.Typer(
 app.add_typer(batch_app, name="batch")
 app.command()(serve)
 
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "routeray"
 CacheOption = Annotated[
     Path, typer.Option(help="Directory caching prompt embeddings between runs.")
 ]
@@ -57,7 +56,7 @@ def train(
     strong_pct: Annotated[
         float, typer.Option(help="Strong share the recorded default threshold aims at.")
     ] = 0.5,
-    embedding_cache: CacheOption = DEFAULT_CACHE,
+    embedding_cache: CacheOption = CACHE_DIR,
     no_embedding_cache: NoCacheOption = False,
 ) -> None:
     """Train a router on the battle table built from DATA_DIR and save it as a directory."""
@@ -199,7 +198,7 @@ def evaluate(
     output: Annotated[Path, typer.Option(help="Directory for metrics.json and the plot.")] = Path(
         "out/eval"
     ),
-    embedding_cache: CacheOption = DEFAULT_CACHE,
+    embedding_cache: CacheOption = CACHE_DIR,
     no_embedding_cache: NoCacheOption = False,
 ) -> None:
     """Cost-quality curves, APGR and CPT on a benchmark, as the paper computes them."""

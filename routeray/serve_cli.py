@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-DEMO_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "routeray"
+from routeray import CACHE_DIR
 
 
 def serve(
@@ -39,7 +39,7 @@ def serve(
         from serve_app.strong_standin import StrongStandin
         from serve_app.tiny_model import build_tiny_model
 
-        model_dir = build_tiny_model(DEMO_DIR / "tiny-model")
+        model_dir = build_tiny_model(CACHE_DIR / "tiny-model")
         standin = StrongStandin()
         standin.start()
         cfg = demo_config(model_dir, standin.base_url, port or 8000)

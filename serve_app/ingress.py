@@ -6,7 +6,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -160,21 +160,37 @@ class Ingress:
         # Only a routed request may change model; naming a model explicitly means that model.
         return backend == "strong" and route != "direct" and self.config.fallback_to_weak
 
-    async def _complete(
-        self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
-    ) -> Response:
-        result = await self.backends[backend].complete.remote(body)
-        if ERROR_KEY in result:
+    async def _answer(
+        self,
+        attempt: Callable[[str], Awaitable[tuple[Any, dict[str, Any] | None]]],
+        backend: str,
+        route: str,
+        headers: dict[str, str],
+    ) -> tuple[Any, str, Response | None]:
+        """Run `attempt` on the chosen backend, and on the weak one when a routed strong call
+        fails: (value, backend that answered, None), or an error response when none did."""
+        value, failure = await attempt(backend)
+        if failure is not None and self._fallback_allowed(backend, route):
             self._errors.inc(tags={"backend": backend})
-            if not self._fallback_allowed(backend, route):
-                return error_response(self._backend_error(result[ERROR_KEY], backend), headers)
             self._fallbacks.inc()
             headers["x-routeray-fallback"] = "strong-failed"
             backend = headers["x-routeray-route"] = "weak"
-            result = await self.backends["weak"].complete.remote(body)
-            if ERROR_KEY in result:
-                self._errors.inc(tags={"backend": "weak"})
-                return error_response(self._backend_error(result[ERROR_KEY], "weak"), headers)
+            value, failure = await attempt(backend)
+        if failure is not None:
+            self._errors.inc(tags={"backend": backend})
+            return None, backend, error_response(self._backend_error(failure, backend), headers)
+        return value, backend, None
+
+    async def _complete(
+        self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
+    ) -> Response:
+        async def attempt(name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            result = await self.backends[name].complete.remote(body)
+            return result, result.get(ERROR_KEY)
+
+        result, backend, failed = await self._answer(attempt, backend, route, headers)
+        if failed is not None:
+            return failed
         self._requests.inc(tags={"route": route, "model": self.models[backend]})
         self._account(backend, result)
         return JSONResponse(result, headers=headers)
@@ -182,22 +198,18 @@ class Ingress:
     async def _stream(
         self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
     ) -> Response:
-        chunks = self.backends[backend].options(stream=True).stream.remote(body)
-        first = await anext(chunks, None)
-        if first is None or ERROR_KEY in first:
-            self._errors.inc(tags={"backend": backend})
-            failure = first[ERROR_KEY] if first else {"message": "empty stream", "status": 502}
-            if not self._fallback_allowed(backend, route):
-                return error_response(self._backend_error(failure, backend), headers)
-            self._fallbacks.inc()
-            headers["x-routeray-fallback"] = "strong-failed"
-            backend = headers["x-routeray-route"] = "weak"
-            chunks = self.backends["weak"].options(stream=True).stream.remote(body)
+        async def attempt(name: str) -> tuple[Any, dict[str, Any] | None]:
+            # The first chunk decides: a failure before it can still fall back, after it not.
+            chunks = self.backends[name].options(stream=True).stream.remote(body)
             first = await anext(chunks, None)
-            if first is None or ERROR_KEY in first:
-                self._errors.inc(tags={"backend": "weak"})
-                failure = first[ERROR_KEY] if first else {"message": "empty stream", "status": 502}
-                return error_response(self._backend_error(failure, "weak"), headers)
+            if first is None:
+                return None, {"message": "empty stream", "status": 502}
+            return (first, chunks), first.get(ERROR_KEY)
+
+        opened, backend, failed = await self._answer(attempt, backend, route, headers)
+        if failed is not None:
+            return failed
+        first, chunks = opened
         self._requests.inc(tags={"route": route, "model": self.models[backend]})
 
         async def all_chunks() -> AsyncIterator[dict[str, Any]]:
