@@ -6,6 +6,7 @@ Run it as `routeray batch route ...` or under `ray job submit -- python -m batch
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,24 +14,35 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
+from batch_jobs.inputs import inspect_inputs, sample_prompts
+from batch_jobs.storage import locate
 from routers.calibration import threshold_for_strong_share
-from routers.checkpoint import default_router_dir, load_router, read_config
+from routers.checkpoint import CONFIG_FILE, default_router_dir, load_router, read_config
 from routers.costs import Prices, estimate_tokens
 from routers.prompts import SCORE_COLUMN, score_table
 
 ROUTE_COLUMN = "route"
 COST_COLUMN = "estimated_cost"
-SUMMARY_FILE = "_SUMMARY.json"
 
 
 class RouteBatch:
     """Ray Data actor: loads the router once, then scores, routes and prices each batch."""
 
     def __init__(
-        self, router_dir: str, threshold: float, prompt_column: str, prices: dict[str, Any]
+        self,
+        router_dir: str,
+        threshold: float,
+        prompt_column: str,
+        prices: dict[str, Any],
+        threads: int | None = None,
     ) -> None:
+        if threads:
+            import torch
+
+            # A fractional-CPU actor must not start one torch thread per core of the node.
+            torch.set_num_threads(threads)
         self.router = load_router(router_dir)
         self.threshold = threshold
         self.prompt_column = prompt_column
@@ -56,21 +68,35 @@ def route_table(
     )
 
 
-def summarize(output: str, prompt_column: str, prices: Prices, threshold: float) -> dict[str, Any]:
-    """Totals read back from what was written, so the summary describes the results as stored."""
-    table = pq.read_table(output, columns=[prompt_column, ROUTE_COLUMN, COST_COLUMN])
-    routes = table.column(ROUTE_COLUMN)
-    valid = pc.is_valid(routes).to_numpy(zero_copy_only=False)
-    tokens = estimate_tokens(table.column(prompt_column).to_pylist())
-    strong = int(pc.sum(pc.equal(routes, "strong")).as_py() or 0)
-    weak = int(pc.sum(pc.equal(routes, "weak")).as_py() or 0)
-    cost = float(pc.sum(table.column(COST_COLUMN)).as_py() or 0.0)
-    all_strong = float(prices.strong.cost(tokens[valid]).sum())
+class RouteStats:
+    """Totals of one routed output file (stored with it; the job summary adds them up)."""
+
+    def __init__(self, prompt_column: str, prices: Prices) -> None:
+        self.prompt_column = prompt_column
+        self.prices = prices
+
+    def __call__(self, table: pa.Table) -> dict[str, float]:
+        routes = table.column(ROUTE_COLUMN)
+        valid = pc.is_valid(routes).to_numpy(zero_copy_only=False)
+        tokens = estimate_tokens(table.column(self.prompt_column).to_pylist())
+        return {
+            "rows": table.num_rows,
+            "strong": int(pc.sum(pc.equal(routes, "strong")).as_py() or 0),
+            "weak": int(pc.sum(pc.equal(routes, "weak")).as_py() or 0),
+            "errors": int((~valid).sum()),
+            "estimated_cost_usd": float(pc.sum(table.column(COST_COLUMN)).as_py() or 0.0),
+            "all_strong_cost_usd": float(self.prices.strong.cost(tokens[valid]).sum()),
+        }
+
+
+def summarize(totals: dict[str, float], threshold: float, output: str) -> dict[str, Any]:
+    strong, weak = int(totals.get("strong", 0)), int(totals.get("weak", 0))
+    cost, all_strong = totals.get("estimated_cost_usd", 0.0), totals.get("all_strong_cost_usd", 0.0)
     return {
-        "rows": table.num_rows,
+        "rows": int(totals.get("rows", 0)),
         "strong": strong,
         "weak": weak,
-        "errors": int((~valid).sum()),
+        "errors": int(totals.get("errors", 0)),
         "strong_share": strong / max(1, strong + weak),
         "threshold": threshold,
         "estimated_cost_usd": cost,
@@ -101,6 +127,10 @@ def resolve_threshold(
     return float(calibrated)
 
 
+def _router_identity(router_dir: str) -> str:
+    return hashlib.sha256(Path(router_dir, CONFIG_FILE).read_bytes()).hexdigest()
+
+
 def run(
     input_path: str,
     output_path: str,
@@ -109,56 +139,87 @@ def run(
     threshold: float | None = None,
     strong_pct: float | None = None,
     prompt_column: str = "prompt",
-    batch_size: int = 256,
+    batch_size: int = 1024,
     num_actors: int = 1,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
     calibration_sample: int = 2000,
     prices: Prices | None = None,
+    s3_endpoint: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
+    """Route every file under `input_path` into `output_path`; resumable (see batch_jobs.commit)."""
     import ray
-    from ray.data import SaveMode
 
     router_dir = str(router_dir or default_router_dir())
     prices = prices or Prices()
-    ds = ray.data.read_parquet(input_path)
-    sample = []
-    if strong_pct is not None:
-        sample = ds.limit(calibration_sample).to_pandas()[prompt_column].tolist()
-    cutoff = resolve_threshold(router_dir, threshold, strong_pct, sample)
-    routed = ds.map_batches(
-        RouteBatch,
-        fn_constructor_kwargs={
-            "router_dir": router_dir,
-            "threshold": cutoff,
-            "prompt_column": prompt_column,
-            "prices": prices.model_dump(),
-        },
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-    )
-    # A rerun replaces the previous results instead of appending a second copy of every row.
-    routed.write_parquet(output_path, mode=SaveMode.OVERWRITE)
-    summary = summarize(output_path, prompt_column, prices, cutoff)
-    Path(output_path, SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    source, output = locate(input_path, s3_endpoint), locate(output_path, s3_endpoint)
+    files = inspect_inputs(source, prompt_column)
+    identity = {
+        "job": "route",
+        "input": input_path,
+        "router_sha256": _router_identity(router_dir),
+        "prompt_column": prompt_column,
+        "threshold": threshold,
+        "strong_pct": strong_pct,
+        "prices": prices.model_dump(),
+    }
+    recorded = open_job(output, identity, overwrite)
+    if recorded is not None:
+        cutoff = float(recorded["threshold_used"])
+    else:
+        sample = []
+        if strong_pct is not None:
+            sample = sample_prompts(source.fs, files, prompt_column, calibration_sample)
+        cutoff = resolve_threshold(router_dir, threshold, strong_pct, sample)
+        record_job(output, identity, threshold_used=cutoff)
+
+    def route(dataset: Any) -> Any:
+        return dataset.map_batches(
+            RouteBatch,
+            fn_constructor_kwargs={
+                "router_dir": router_dir,
+                "threshold": cutoff,
+                "prompt_column": prompt_column,
+                "prices": prices.model_dump(),
+                "threads": None if num_gpus else max(1, int(num_cpus)),
+            },
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+        )
+
+    def empty(table: pa.Table) -> pa.Table:
+        return route_table(None, table, cutoff, prompt_column, prices)
+
+    totals = run_files(files, output, route, RouteStats(prompt_column, prices), empty)
+    summary = summarize(totals, cutoff, output_path)
+    output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--router")
+    parser.add_argument("--input", required=True, help="Parquet file or directory, local or s3://")
+    parser.add_argument("--output", required=True, help="Output directory, local or s3://")
+    parser.add_argument("--router", help="Router directory (default: the shipped one)")
     parser.add_argument("--threshold", type=float)
     parser.add_argument("--strong-pct", type=float)
     parser.add_argument("--prompt-column", default="prompt")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--num-actors", type=int, default=1)
-    parser.add_argument("--num-gpus", type=float, default=0.0)
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per router actor")
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per router actor")
+    parser.add_argument("--prices", help="prices.yaml (USD per million tokens)")
+    parser.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS or $AWS_ENDPOINT_URL)")
+    parser.add_argument("--overwrite", action="store_true", help="Discard earlier results")
     args = parser.parse_args(argv)
+    import ray
+
+    # Under `ray job submit` (or with RAY_ADDRESS) this joins that cluster, else starts one here.
+    ray.init(ignore_reinit_error=True)
     summary = run(
         args.input,
         args.output,
@@ -168,7 +229,11 @@ def main(argv: list[str] | None = None) -> None:
         prompt_column=args.prompt_column,
         batch_size=args.batch_size,
         num_actors=args.num_actors,
+        num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
+        prices=Prices.from_yaml(args.prices) if args.prices else None,
+        s3_endpoint=args.s3_endpoint,
+        overwrite=args.overwrite,
     )
     print(json.dumps(summary, indent=2))
 

@@ -36,14 +36,27 @@ def route(
         float | None, typer.Option(help="Calibrate the threshold on the input for this share.")
     ] = None,
     prompt_column: str = "prompt",
-    batch_size: int = 256,
-    num_actors: int = 1,
-    num_gpus: float = 0.0,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per router call.")] = 1024,
+    num_actors: Annotated[int, typer.Option(help="Router actors (the pool size).")] = 1,
+    num_cpus: Annotated[float, typer.Option(help="CPUs per router actor.")] = 1.0,
+    num_gpus: Annotated[float, typer.Option(help="GPUs per router actor.")] = 0.0,
+    prices: Annotated[
+        Path | None, typer.Option(help="prices.yaml: USD per million tokens.")
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None, typer.Option(help="S3 endpoint URL (default: AWS, or $AWS_ENDPOINT_URL).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard earlier results in --output instead of resuming.")
+    ] = False,
+    local_ray_cpus: Annotated[
+        int | None, typer.Option(help="CPUs for a local Ray (ignored on a cluster).")
+    ] = None,
 ) -> None:
     """Score every prompt, route it, price it, and write the results with a summary."""
     from batch_jobs.route import run
     from routers.checkpoint import CheckpointError
+    from routers.costs import Prices
     from routers.sample_prompts import generate_prompts
 
     if (input is None) == (sample is None):
@@ -62,7 +75,7 @@ def route(
             row_group_size=max(1, sample // 8),
         )
         typer.echo(f"generated {sample} prompts into {input}")
-    _init_ray(num_cpus)
+    _init_ray(local_ray_cpus)
     try:
         summary = run(
             input,
@@ -73,9 +86,14 @@ def route(
             prompt_column=prompt_column,
             batch_size=batch_size,
             num_actors=num_actors,
+            num_cpus=num_cpus,
             num_gpus=num_gpus,
+            prices=Prices.from_yaml(prices) if prices else None,
+            s3_endpoint=s3_endpoint,
+            # A generated sample is new input each time: never resume onto older results.
+            overwrite=overwrite or sample is not None,
         )
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from exc
     typer.echo(json.dumps(summary, indent=2))
@@ -86,5 +104,5 @@ def route(
         f"estimated cost ${summary['estimated_cost_usd']:.4f} against "
         f"${summary['all_strong_cost_usd']:.4f} all-strong "
         f"({summary['saving_vs_all_strong']:.1%} saved)\n"
-        f"results: {output}  (summary: {Path(output) / '_SUMMARY.json'})"
+        f"results: {output}  (summary: {output.rstrip('/')}/_SUMMARY.json)"
     )

@@ -43,3 +43,25 @@ def tiny_router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("routers") / "tiny-mf"
     save_router(router, directory, {"default_threshold": 0.5})
     return directory
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for one test module; S3 credentials for the loopback server are in the
+    environment before it starts, because its workers read S3 themselves."""
+    import ray
+
+    from batch_jobs.local_s3 import use_test_credentials
+
+    use_test_credentials()
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_s3():
+    from batch_jobs.local_s3 import LocalS3
+
+    with LocalS3() as server:
+        yield server

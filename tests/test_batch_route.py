@@ -10,20 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch_jobs.route import SUMMARY_FILE, run
+from batch_jobs.commit import SUMMARY_FILE, JobConflict
+from batch_jobs.route import run
 from routers.checkpoint import load_router
 from routers.costs import Prices
 from routers.sample_prompts import generate_prompts
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield ray
-    ray.shutdown()
 
 
 def test_route_job_routes_every_row_once(local_ray, tmp_path: Path, tiny_router_dir: Path):
@@ -68,16 +61,21 @@ def test_route_job_routes_every_row_once(local_ray, tmp_path: Path, tiny_router_
     assert written["strong"] + written["weak"] == 118
     assert written["estimated_cost_usd"] < written["all_strong_cost_usd"]
 
-    # A rerun into the same output replaces the results: still every row exactly once.
+    # The same job again finds every file published: nothing is redone or repeated.
     again = run(
-        str(source),
-        str(out),
-        router_dir=str(tiny_router_dir),
-        threshold=summary["threshold"],
-        batch_size=32,
+        str(source), str(out), router_dir=str(tiny_router_dir), strong_pct=0.5, batch_size=32
     )
     assert pq.read_table(out).num_rows == 120
-    assert again["rows"] == 120 and again["strong"] == summary["strong"]
+    assert again == summary
+
+    # Other settings would mix two jobs' rows in one output: refused unless told to overwrite.
+    with pytest.raises(JobConflict, match="threshold"):
+        run(str(source), str(out), router_dir=str(tiny_router_dir), threshold=0.9)
+    fresh = run(
+        str(source), str(out), router_dir=str(tiny_router_dir), threshold=0.9, overwrite=True
+    )
+    assert pq.read_table(out).num_rows == 120
+    assert fresh["threshold"] == 0.9 and fresh["strong"] + fresh["weak"] == 118
 
 
 def test_route_job_rejects_a_bad_threshold(local_ray, tmp_path: Path, tiny_router_dir: Path):

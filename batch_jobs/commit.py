@@ -1,0 +1,223 @@
+"""Exactly-once results: one output file per input file, published whole, so a killed job that
+is run again skips what is done and neither loses nor repeats a row.
+
+While a job runs, the sink writes each routed block's rows to hidden staging pieces and tells a
+small tracker actor how many rows of which input file they hold. The write task that completes
+a file merges its pieces in input order into the file's one output (same relative path as the
+input), published atomically: an S3 object appears when its upload completes, a local file is
+renamed into place. Readers (pyarrow, Ray Data, Spark) skip hidden names, so partial work is
+never visible as results. A rerun lists the published outputs, drops old staging and processes
+only the files without one.
+
+`_JOB.json` records the job's settings; a rerun with different settings refuses to mix its
+rows with the old ones unless told to overwrite. Each output carries its own totals in its
+Parquet metadata, so the summary never rereads the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.data import Datasink
+
+from batch_jobs.inputs import ROW_COLUMN, SOURCE_COLUMN, InputFile, read_units, work_units
+from batch_jobs.storage import Location, write_table_atomic
+
+JOB_FILE = "_JOB.json"
+SUMMARY_FILE = "_SUMMARY.json"
+STAGING_DIR = ".staging"
+STATS_KEY = b"routeray.stats"
+
+logger = logging.getLogger(__name__)
+
+# Per-file totals from a finished output table; stored with the file, summed for the summary.
+StatsFn = Callable[[pa.Table], dict[str, float]]
+
+
+class JobConflict(ValueError):
+    """The output holds results of a job with other settings."""
+
+
+def open_job(output: Location, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """Prepare `output` for a job; return what an earlier run of the same job recorded."""
+    if overwrite and output.exists():
+        output.fs.delete_dir_contents(output.path, missing_dir_ok=True)
+    record = output.join(JOB_FILE)
+    if not record.exists():
+        return None
+    recorded = json.loads(record.read_text())
+    differing = sorted(
+        key
+        for key in identity.keys() | recorded.get("identity", {}).keys()
+        if identity.get(key) != recorded.get("identity", {}).get(key)
+    )
+    if differing:
+        raise JobConflict(
+            f"{output.uri} holds results of a job with other settings ({', '.join(differing)}); "
+            "rerun with the same settings to resume, or pass --overwrite to start again"
+        )
+    return recorded
+
+
+def record_job(output: Location, identity: dict[str, Any], **extra: Any) -> None:
+    output.join(JOB_FILE).write_text(json.dumps({"identity": identity, **extra}, indent=2) + "\n")
+
+
+def published(output: Location) -> set[str]:
+    """Relative paths of the result files already in `output`."""
+    if not output.exists():
+        return set()
+    base = output.path.rstrip("/") + "/"
+    found = set()
+    for entry in output.fs.get_file_info(pafs.FileSelector(output.path, recursive=True)):
+        relative = entry.path.removeprefix(base)
+        hidden = any(part.startswith((".", "_")) for part in relative.split("/"))
+        if entry.type == pafs.FileType.File and not hidden:
+            found.add(relative)
+    return found
+
+
+def _clear_leftovers(output: Location) -> None:
+    """Staging pieces and half-written local files of a run that was killed."""
+    staging = output.join(STAGING_DIR)
+    if staging.exists():
+        output.fs.delete_dir(staging.path)
+    if isinstance(output.fs, pafs.LocalFileSystem) and output.exists():
+        for entry in output.fs.get_file_info(pafs.FileSelector(output.path, recursive=True)):
+            name = entry.base_name
+            if entry.type == pafs.FileType.File and name.startswith(".") and name.endswith(".tmp"):
+                output.fs.delete_file(entry.path)
+
+
+class CommitTracker:
+    """Ray actor: counts the rows staged per input file and says when a file is complete."""
+
+    def __init__(self, expected: dict[str, int], already_done: int, total: int) -> None:
+        self.expected = expected
+        self.rows: dict[str, int] = defaultdict(int)
+        self.pieces: dict[str, list[str]] = defaultdict(list)
+        self.done = already_done
+        self.total = total
+
+    def add(self, relative: str, rows: int, piece: str) -> list[str] | None:
+        self.rows[relative] += rows
+        self.pieces[relative].append(piece)
+        if self.rows[relative] > self.expected[relative]:
+            raise RuntimeError(f"{relative}: more rows staged than the file holds")
+        if self.rows[relative] == self.expected[relative]:
+            return self.pieces.pop(relative)
+        return None
+
+    def published(self, relative: str) -> None:
+        self.done += 1
+        print(f"routeray: published {relative} ({self.done}/{self.total} files done)", flush=True)
+
+
+def _total_stats(tables: Iterable[dict[str, float]]) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for stats in tables:
+        for key, value in stats.items():
+            totals[key] += value
+    return dict(totals)
+
+
+def publish(output: Location, relative: str, tables: list[pa.Table], stats: StatsFn) -> None:
+    """Merge one input file's rows, in input order, into its output file."""
+    table = pa.concat_tables(tables)
+    table = table.sort_by(ROW_COLUMN) if table.num_rows else table
+    table = table.drop_columns([c for c in (SOURCE_COLUMN, ROW_COLUMN) if c in table.column_names])
+    metadata = dict(table.schema.metadata or {})
+    metadata[STATS_KEY] = json.dumps(stats(table)).encode()
+    schema = table.schema.with_metadata(metadata)
+    write_table_atomic(output.join(relative), [table], schema)
+
+
+class CommitSink(Datasink):
+    """Ray Data datasink: stage rows, publish each input file once all its rows are staged."""
+
+    def __init__(self, output: Location, tracker: Any, stats: StatsFn) -> None:
+        super().__init__()
+        self.output = output
+        self.tracker = tracker
+        self.stats = stats
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> int:
+        import uuid
+
+        import ray
+        from ray.data.block import BlockAccessor
+
+        fs = self.output.fs
+        written = 0
+        for block in blocks:
+            table = BlockAccessor.for_block(block).to_arrow()
+            sources = table.column(SOURCE_COLUMN)
+            for relative in pc.unique(sources).to_pylist():
+                part = table.filter(pc.equal(sources, relative))
+                piece = self.output.join(STAGING_DIR, f"{uuid.uuid4().hex}.parquet").path
+                write_table_atomic(Location(fs, piece, piece), [part], part.schema)
+                written += part.num_rows
+                complete = ray.get(self.tracker.add.remote(relative, part.num_rows, piece))
+                if complete is None:
+                    continue
+                pieces = [pq.read_table(p, filesystem=fs) for p in complete]
+                publish(self.output, relative, pieces, self.stats)
+                for path in complete:
+                    fs.delete_file(path)
+                ray.get(self.tracker.published.remote(relative))
+        return written
+
+
+def run_files(
+    files: list[InputFile],
+    output: Location,
+    transform: Callable[[Any], Any],
+    stats: StatsFn,
+    empty_result: Callable[[pa.Table], pa.Table],
+) -> dict[str, float]:
+    """Process every input file without a published output; return totals over all of them."""
+    import ray
+
+    done = published(output)
+    pending = [f for f in files if f.relative not in done]
+    _clear_leftovers(output)
+    if len(done):
+        print(f"routeray: {len(files) - len(pending)} of {len(files)} files already done")
+    for file in (f for f in pending if f.num_rows == 0):
+        with file.location.fs.open_input_file(file.location.path) as handle:
+            publish(output, file.relative, [empty_result(pq.read_table(handle))], stats)
+    pending = [f for f in pending if f.num_rows]
+    tracker = (
+        ray.remote(CommitTracker)
+        .options(num_cpus=0)
+        .remote({f.relative: f.num_rows for f in pending}, len(files) - len(pending), len(files))
+    )
+    # Blocks of files with different columns or types cannot share a batch: one pass per schema.
+    by_schema: dict[tuple[tuple[str, str], ...], list[InputFile]] = defaultdict(list)
+    for file in pending:
+        by_schema[file.columns].append(file)
+    for group in by_schema.values():
+        dataset = transform(read_units(group[0].location.fs, work_units(group)))
+        dataset.write_datasink(CommitSink(output, tracker, stats))
+    ray.kill(tracker)
+    _clear_leftovers(output)
+    return summed_stats(output, files)
+
+
+def summed_stats(output: Location, files: list[InputFile]) -> dict[str, float]:
+    def read(file: InputFile) -> dict[str, float]:
+        with output.fs.open_input_file(output.join(file.relative).path) as handle:
+            metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+        return json.loads(metadata[STATS_KEY])
+
+    with ThreadPoolExecutor(16) as pool:
+        return _total_stats(pool.map(read, files))

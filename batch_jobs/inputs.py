@@ -1,0 +1,135 @@
+"""The input archive: which Parquet files, how many rows, and reading them as Ray Data blocks.
+
+Every file's footer is read before any work starts, so a malformed file or a missing prompt
+column stops the job at once with the file's name, not hours later. The work list is one unit
+per row group: a big file spreads over many read tasks, and each row carries the file it came
+from and its position there, which is what the per-file commit needs.
+"""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch_jobs.storage import Location, list_parquet
+
+# Columns the job adds while rows are in flight; never written to results.
+SOURCE_COLUMN = "__routeray_source"
+ROW_COLUMN = "__routeray_row"
+FOOTER_THREADS = 16
+
+
+class InputError(ValueError):
+    """The input cannot be processed as given (the message names the file and what is wrong)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    location: Location
+    relative: str  # path under the input root; the output file gets the same one
+    columns: tuple[tuple[str, str], ...]  # (name, Arrow type) pairs
+    row_groups: tuple[int, ...]  # rows in each row group
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.row_groups)
+
+
+def _inspect(location: Location, relative: str, prompt_column: str) -> InputFile:
+    try:
+        with location.fs.open_input_file(location.path) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+            schema = metadata.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{location.uri}: not a readable Parquet file ({exc})") from exc
+    if prompt_column not in schema.names:
+        raise InputError(
+            f"{location.uri}: no column {prompt_column!r} (columns: {', '.join(schema.names)})"
+        )
+    groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+    columns = tuple((field.name, str(field.type)) for field in schema)
+    return InputFile(location, relative, columns, groups)
+
+
+def inspect_inputs(root: Location, prompt_column: str) -> list[InputFile]:
+    files = list_parquet(root)
+    if not files:
+        raise InputError(f"no Parquet files under {root.uri}")
+    single = len(files) == 1 and files[0].path == root.path
+    base = root.path.rstrip("/") + "/"
+    relatives = [f.path.rpartition("/")[2] if single else f.path.removeprefix(base) for f in files]
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        return list(pool.map(lambda f, r: _inspect(f, r, prompt_column), files, relatives))
+
+
+def work_units(files: list[InputFile]) -> list[dict[str, Any]]:
+    units = []
+    for file in files:
+        offset = 0
+        for index, rows in enumerate(file.row_groups):
+            if rows:
+                units.append(
+                    {
+                        "relative": file.relative,
+                        "path": file.location.path,
+                        "uri": file.location.uri,
+                        "row_group": index,
+                        "offset": offset,
+                    }
+                )
+            offset += rows
+    return units
+
+
+def read_row_group(fs: Any, unit: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
+    try:
+        with fs.open_input_file(unit["path"]) as handle:
+            return pq.ParquetFile(handle).read_row_group(unit["row_group"], columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"{unit['uri']}: row group {unit['row_group']} unreadable ({exc})"
+        ) from exc
+
+
+def _read_units(units: dict[str, Any], fs: Any) -> pa.Table:
+    """Ray Data UDF: work units in, their rows out, tagged with file and position."""
+    tables = []
+    for i in range(len(units["path"])):
+        unit = {name: values[i] for name, values in units.items()}
+        table = read_row_group(fs, unit)
+        start = int(unit["offset"])
+        tables.append(
+            table.append_column(
+                SOURCE_COLUMN, pa.array([unit["relative"]] * len(table))
+            ).append_column(ROW_COLUMN, pa.array(range(start, start + len(table)), pa.int64()))
+        )
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_units(fs: Any, units: list[dict[str, Any]]) -> Any:
+    """A Ray Dataset of the rows of `units`, one read task per row group."""
+    import ray
+
+    items = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+    return items.map_batches(_read_units, fn_kwargs={"fs": fs}, batch_size=1, batch_format="numpy")
+
+
+def sample_prompts(
+    fs: Any, files: list[InputFile], prompt_column: str, size: int, seed: int = 0
+) -> list[Any]:
+    """About `size` prompts drawn from row groups across the whole archive, reproducibly, so a
+    rerun calibrates the same threshold."""
+    units = work_units(files)
+    random.Random(seed).shuffle(units)
+    values: list[Any] = []
+    for unit in units:
+        if len(values) >= 4 * size:
+            break
+        values.extend(read_row_group(fs, unit, [prompt_column]).column(0).to_pylist())
+    random.Random(seed).shuffle(values)
+    return values[:size]
