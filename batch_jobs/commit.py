@@ -36,6 +36,7 @@ JOB_FILE = "_JOB.json"
 SUMMARY_FILE = "_SUMMARY.json"
 STAGING_DIR = ".staging"
 STATS_KEY = b"routeray.stats"
+WRITE_CPUS = 0.25
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,10 @@ def run_files(
         by_schema[file.columns].append(file)
     for group in by_schema.values():
         dataset = transform(read_units(group[0].location.fs, work_units(group)))
-        dataset.write_datasink(CommitSink(output, tracker, stats))
+        # Writing is mostly waiting on storage: a sliver of CPU, so it never starves the actors.
+        dataset.write_datasink(
+            CommitSink(output, tracker, stats), ray_remote_args={"num_cpus": WRITE_CPUS}
+        )
     ray.kill(tracker)
     _clear_leftovers(output)
     return summed_stats(output, files)

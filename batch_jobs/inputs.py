@@ -22,6 +22,7 @@ from batch_jobs.storage import Location, list_parquet
 SOURCE_COLUMN = "__routeray_source"
 ROW_COLUMN = "__routeray_row"
 FOOTER_THREADS = 16
+READ_CPUS = 0.25
 
 
 class InputError(ValueError):
@@ -116,7 +117,11 @@ def read_units(fs: Any, units: list[dict[str, Any]]) -> Any:
     import ray
 
     items = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    return items.map_batches(_read_units, fn_kwargs={"fs": fs}, batch_size=1, batch_format="numpy")
+    # Reading waits on storage more than it computes; a whole CPU per read task would starve
+    # the actor pools on a small machine (and deadlock once they hold every CPU).
+    return items.map_batches(
+        _read_units, fn_kwargs={"fs": fs}, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS
+    )
 
 
 def sample_prompts(

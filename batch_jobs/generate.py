@@ -1,0 +1,354 @@
+"""Ray Data job: route an archive (or take routed rows) and generate every answer.
+
+Weak rows go through a vLLM engine inside a Ray Data actor pool (GPU actors on a cluster, the
+CPU build here); strong rows go to the external OpenAI-compatible API from an actor that holds
+the request rate and the number of requests in flight under configured limits, with retries.
+A row whose answer fails keeps its reason in `error`; the job goes on. Results are committed
+per input file like the route job's, so a killed job resumes without repeating a row.
+
+    routeray batch generate --input routed/ --output answers/ --config generate.yaml
+    ray job submit -- python -m batch_jobs.generate --input ... --output ... --config ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
+from batch_jobs.inputs import inspect_inputs
+from batch_jobs.route import ROUTE_COLUMN, RouteBatch, route_table
+from batch_jobs.storage import locate
+from routers.checkpoint import default_router_dir, read_config
+from routers.costs import Prices
+from routers.prompts import ERROR_COLUMN
+from serve_app.config import OpenAIBackendConfig, VLLMBackendConfig
+
+RESPONSE_COLUMN = "response"
+MODEL_COLUMN = "answered_by"
+INPUT_TOKENS_COLUMN = "input_tokens"
+OUTPUT_TOKENS_COLUMN = "output_tokens"
+COST_USD_COLUMN = "cost_usd"
+ANSWER_COLUMNS = {
+    RESPONSE_COLUMN: pa.string(),
+    MODEL_COLUMN: pa.string(),
+    INPUT_TOKENS_COLUMN: pa.int64(),
+    OUTPUT_TOKENS_COLUMN: pa.int64(),
+    COST_USD_COLUMN: pa.float64(),
+}
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_actors: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="Rows handed to one actor call.")
+
+
+class StrongStageConfig(StageConfig):
+    requests_per_s: float = Field(default=10.0, gt=0, description="For the whole job.")
+    concurrency: int = Field(default=16, ge=1, description="Requests in flight, whole job.")
+
+
+class GenerateConfig(BaseModel):
+    """Models and limits for `batch generate`. The `strong`, `weak` and `prices` sections have
+    the online endpoint's shape, so a serve config file works here as it is."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    strong: OpenAIBackendConfig
+    weak: VLLMBackendConfig | OpenAIBackendConfig = Field(discriminator="kind")
+    prices: Prices = Prices()
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    strong_stage: StrongStageConfig = StrongStageConfig()
+    weak_stage: StageConfig = StageConfig()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> GenerateConfig:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+        if "applications" in document:  # a Ray Serve config file: the app's arguments
+            document = document["applications"][0].get("args", {})
+        return cls.model_validate(document)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def _make_backend(config: dict[str, Any]) -> Any:
+    if config["kind"] == "vllm":
+        from serve_app.backends.vllm_engine import VLLMEngineBackend
+
+        return VLLMEngineBackend(VLLMBackendConfig.model_validate(config))
+    from serve_app.backends.openai_api import OpenAIAPIBackend
+
+    return OpenAIAPIBackend(OpenAIBackendConfig.model_validate(config))
+
+
+class AnswerBatch:
+    """Ray Data actor: answers the rows routed to one side (`strong` or `weak`) through that
+    side's backend and passes every other row through unchanged."""
+
+    def __init__(
+        self,
+        side: str,
+        backend: dict[str, Any],
+        prompt_column: str,
+        prices: dict[str, Any],
+        max_tokens: int,
+        temperature: float,
+        requests_per_s: float | None = None,
+        concurrency: int = 64,
+    ) -> None:
+        from aiolimiter import AsyncLimiter
+
+        self.side = side
+        self.prompt_column = prompt_column
+        self.price = getattr(Prices.model_validate(prices), side)
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        # The backend's asyncio objects bind to one loop, which lives as long as the actor.
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.backend = _make_backend(backend)
+        self.model = backend["model"]
+        self.limiter = AsyncLimiter(requests_per_s, 1.0) if requests_per_s else None
+        self.concurrency = concurrency
+        if hasattr(self.backend, "start"):
+            self._run(self.backend.start())
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    async def _answer(self, prompt: str, gate: asyncio.Semaphore) -> dict[str, Any]:
+        request = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+        async with gate:
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            try:
+                body = await self.backend.complete(request)
+            except Exception as exc:
+                return {"error": f"{self.side} model {self.model}: {exc}"}
+        usage = body.get("usage") or {}
+        return {
+            "text": body["choices"][0]["message"].get("content") or "",
+            "model": body.get("model") or self.model,
+            "input_tokens": int(usage.get("prompt_tokens", 0)),
+            "output_tokens": int(usage.get("completion_tokens", 0)),
+        }
+
+    async def _answer_all(self, prompts: list[str]) -> list[dict[str, Any]]:
+        gate = asyncio.Semaphore(self.concurrency)
+        return await asyncio.gather(*(self._answer(p, gate) for p in prompts))
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        table = with_answer_columns(table)
+        routes = table.column(ROUTE_COLUMN).to_pylist()
+        rows = [i for i, route in enumerate(routes) if route == self.side]
+        if not rows:
+            return table
+        prompts = table.column(self.prompt_column).to_pylist()
+        answers = self._run(self._answer_all([prompts[i] for i in rows]))
+        columns = {name: table.column(name).to_pylist() for name in (*ANSWER_COLUMNS, ERROR_COLUMN)}
+        for i, answer in zip(rows, answers, strict=True):
+            if "error" in answer:
+                columns[ERROR_COLUMN][i] = answer["error"]
+                continue
+            columns[RESPONSE_COLUMN][i] = answer["text"]
+            columns[MODEL_COLUMN][i] = answer["model"]
+            columns[INPUT_TOKENS_COLUMN][i] = answer["input_tokens"]
+            columns[OUTPUT_TOKENS_COLUMN][i] = answer["output_tokens"]
+            columns[COST_USD_COLUMN][i] = float(
+                self.price.cost(answer["input_tokens"], answer["output_tokens"])
+            )
+        for name, values in columns.items():
+            kind = ANSWER_COLUMNS.get(name, pa.string())
+            table = table.set_column(table.column_names.index(name), name, pa.array(values, kind))
+        return table
+
+
+def with_answer_columns(table: pa.Table) -> pa.Table:
+    """The answer columns, all null, on a table that lacks them (so every output has them)."""
+    if ERROR_COLUMN not in table.column_names:
+        table = table.append_column(ERROR_COLUMN, pa.nulls(len(table), pa.string()))
+    for name, kind in ANSWER_COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), kind))
+    return table
+
+
+class GenerateStats:
+    """Totals of one answered output file (the job summary adds them up)."""
+
+    def __init__(self, prices: Prices) -> None:
+        self.prices = prices
+
+    def __call__(self, table: pa.Table) -> dict[str, float]:
+        routes = np.array(table.column(ROUTE_COLUMN).to_pylist(), dtype=object)
+        answered = pc.is_valid(table.column(RESPONSE_COLUMN)).to_numpy(zero_copy_only=False)
+        tokens_in = table.column(INPUT_TOKENS_COLUMN).fill_null(0).to_numpy()
+        tokens_out = table.column(OUTPUT_TOKENS_COLUMN).fill_null(0).to_numpy()
+        return {
+            "rows": table.num_rows,
+            "answered_strong": int((answered & (routes == "strong")).sum()),
+            "answered_weak": int((answered & (routes == "weak")).sum()),
+            "errors": int((~answered).sum()),
+            "input_tokens": int(tokens_in.sum()),
+            "output_tokens": int(tokens_out.sum()),
+            "cost_usd": float(pc.sum(table.column(COST_USD_COLUMN)).as_py() or 0.0),
+            # What the same answers would have cost had the strong model written them all.
+            "all_strong_cost_usd": float(
+                self.prices.strong.cost(tokens_in[answered], tokens_out[answered]).sum()
+            ),
+        }
+
+
+def summarize(totals: dict[str, float], output: str) -> dict[str, Any]:
+    cost, all_strong = totals.get("cost_usd", 0.0), totals.get("all_strong_cost_usd", 0.0)
+    counts = ("rows", "answered_strong", "answered_weak", "errors", "input_tokens")
+    return {
+        **{name: int(totals.get(name, 0)) for name in (*counts, "output_tokens")},
+        "cost_usd": cost,
+        "all_strong_cost_usd": all_strong,
+        "saving_vs_all_strong": 1.0 - cost / all_strong if all_strong else 0.0,
+        "output": output,
+    }
+
+
+def run(
+    input_path: str,
+    output_path: str,
+    config: GenerateConfig,
+    *,
+    router_dir: str | None = None,
+    threshold: float | None = None,
+    prompt_column: str = "prompt",
+    route_batch_size: int = 1024,
+    s3_endpoint: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Answer every row of the archive; rows without a `route` column are routed first."""
+    import ray
+
+    source, output = locate(input_path, s3_endpoint), locate(output_path, s3_endpoint)
+    files = inspect_inputs(source, prompt_column)
+    routed = all(ROUTE_COLUMN in dict(f.columns) for f in files)
+    router_dir = None if routed else str(router_dir or default_router_dir())
+    if router_dir and threshold is None:
+        threshold = float(read_config(router_dir)["metadata"]["default_threshold"])
+    identity = {
+        "job": "generate",
+        "input": input_path,
+        "config_sha256": config.fingerprint(),
+        "router": router_dir,
+        "threshold": threshold,
+        "prompt_column": prompt_column,
+    }
+    if open_job(output, identity, overwrite) is None:
+        record_job(output, identity)
+    prices = config.prices.model_dump()
+
+    def answer(side: str, dataset: Any) -> Any:
+        stage = config.strong_stage if side == "strong" else config.weak_stage
+        backend = config.strong if side == "strong" else config.weak
+        limits = {}
+        if isinstance(stage, StrongStageConfig):
+            # Limits are for the job; each actor takes its share.
+            limits = {
+                "requests_per_s": stage.requests_per_s / stage.num_actors,
+                "concurrency": max(1, stage.concurrency // stage.num_actors),
+            }
+        gpus = backend.num_gpus if isinstance(backend, VLLMBackendConfig) else 0.0
+        return dataset.map_batches(
+            AnswerBatch,
+            fn_constructor_kwargs={
+                "side": side,
+                "backend": backend.model_dump(),
+                "prompt_column": prompt_column,
+                "prices": prices,
+                "max_tokens": config.max_tokens,
+                "temperature": config.temperature,
+                **limits,
+            },
+            batch_size=stage.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=stage.num_actors),
+            # An API client mostly waits; a vLLM engine on a CPU needs its cores.
+            num_cpus=backend.num_cpus if isinstance(backend, VLLMBackendConfig) else 0.25,
+            num_gpus=gpus,
+        )
+
+    def pipeline(dataset: Any) -> Any:
+        if router_dir:
+            dataset = dataset.map_batches(
+                RouteBatch,
+                fn_constructor_kwargs={
+                    "router_dir": router_dir,
+                    "threshold": threshold,
+                    "prompt_column": prompt_column,
+                    "prices": prices,
+                    "threads": 1,
+                },
+                batch_size=route_batch_size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=1),
+                num_cpus=0.5,
+            )
+        return answer("strong", answer("weak", dataset))
+
+    def empty(table: pa.Table) -> pa.Table:
+        if router_dir:
+            table = route_table(None, table, threshold or 0.0, prompt_column, config.prices)
+        return with_answer_columns(table)
+
+    totals = run_files(files, output, pipeline, GenerateStats(config.prices), empty)
+    summary = summarize(totals, output_path)
+    output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input", required=True, help="Routed (or raw) Parquet, local or s3://")
+    parser.add_argument("--output", required=True, help="Output directory, local or s3://")
+    parser.add_argument("--config", required=True, help="generate.yaml or a serve config file")
+    parser.add_argument("--router", help="Router for rows not yet routed (default: shipped)")
+    parser.add_argument("--threshold", type=float)
+    parser.add_argument("--prompt-column", default="prompt")
+    parser.add_argument("--s3-endpoint")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    import ray
+
+    ray.init(ignore_reinit_error=True)
+    summary = run(
+        args.input,
+        args.output,
+        GenerateConfig.from_yaml(args.config),
+        router_dir=args.router,
+        threshold=args.threshold,
+        prompt_column=args.prompt_column,
+        s3_endpoint=args.s3_endpoint,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
