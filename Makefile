@@ -54,6 +54,7 @@ eval: $(STAMP)
 bench: $(VLLM_STAMP)
 	$(PY) bench/score_speed.py
 	$(PY) bench/serve_load.py
+	$(PY) bench/batch_route.py
 
 serve-demo: $(VLLM_STAMP)
 	.venv/bin/routeray serve --demo

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,11 @@ class GenerateConfig(BaseModel):
         document = yaml.safe_load(Path(path).read_text()) or {}
         if "applications" in document:  # a Ray Serve config file: the app's arguments
             document = document["applications"][0].get("args", {})
-        return cls.model_validate(document)
+        config = cls.model_validate(document)
+        if isinstance(config.weak, VLLMBackendConfig):
+            # Actors may start in another directory: pin a relative model path now.
+            config.weak.model_path = os.path.abspath(config.weak.model_path)
+        return config
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
-from batch_jobs.inputs import inspect_inputs, sample_prompts
+from batch_jobs.commit import SUMMARY_FILE, WRITE_CPUS, open_job, record_job, run_files
+from batch_jobs.inputs import READ_CPUS, inspect_inputs, sample_prompts
 from batch_jobs.storage import locate
 from routers.calibration import threshold_for_strong_share
 from routers.checkpoint import CONFIG_FILE, default_router_dir, load_router, read_config
@@ -127,6 +127,24 @@ def resolve_threshold(
     return float(calibrated)
 
 
+def actor_layout(
+    num_actors: int | None, num_cpus: float | None, num_gpus: float
+) -> tuple[int, float, int | None]:
+    """Router actors, CPUs per actor and torch threads per actor; what is not given fills the
+    cluster: one actor per GPU share, or one single-threaded actor per CPU (on CPUs, separate
+    processes scale better than threads in one), leaving room for the read and write tasks."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if num_gpus:
+        actors = num_actors or max(1, int(resources.get("GPU", 0) / num_gpus))
+        return actors, num_cpus or 1.0, None
+    total = resources.get("CPU", 1.0)
+    actors = num_actors or max(1, int(total))
+    cpus = num_cpus or max(0.1, (total - READ_CPUS - WRITE_CPUS) / actors)
+    return actors, cpus, max(1, round(cpus))
+
+
 def _router_identity(router_dir: str) -> str:
     return hashlib.sha256(Path(router_dir, CONFIG_FILE).read_bytes()).hexdigest()
 
@@ -140,8 +158,8 @@ def run(
     strong_pct: float | None = None,
     prompt_column: str = "prompt",
     batch_size: int = 1024,
-    num_actors: int = 1,
-    num_cpus: float = 1.0,
+    num_actors: int | None = None,
+    num_cpus: float | None = None,
     num_gpus: float = 0.0,
     calibration_sample: int = 2000,
     prices: Prices | None = None,
@@ -174,6 +192,8 @@ def run(
         cutoff = resolve_threshold(router_dir, threshold, strong_pct, sample)
         record_job(output, identity, threshold_used=cutoff)
 
+    actors, cpus, threads = actor_layout(num_actors, num_cpus, num_gpus)
+
     def route(dataset: Any) -> Any:
         return dataset.map_batches(
             RouteBatch,
@@ -182,12 +202,12 @@ def run(
                 "threshold": cutoff,
                 "prompt_column": prompt_column,
                 "prices": prices.model_dump(),
-                "threads": None if num_gpus else max(1, int(num_cpus)),
+                "threads": threads,
             },
             batch_size=batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=num_actors),
-            num_cpus=num_cpus,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus,
             num_gpus=num_gpus,
         )
 
@@ -209,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strong-pct", type=float)
     parser.add_argument("--prompt-column", default="prompt")
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--num-actors", type=int, default=1)
-    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per router actor")
+    parser.add_argument("--num-actors", type=int, help="Router actors (default: fill the cluster)")
+    parser.add_argument("--num-cpus", type=float, help="CPUs per router actor")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per router actor")
     parser.add_argument("--prices", help="prices.yaml (USD per million tokens)")
     parser.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS or $AWS_ENDPOINT_URL)")

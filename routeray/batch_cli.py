@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 batch_app = typer.Typer(help="Offline jobs on Ray Data.", no_args_is_help=True)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2) from exc
 
 
 def _init_ray(num_cpus: int | None) -> None:
@@ -37,8 +42,12 @@ def route(
     ] = None,
     prompt_column: str = "prompt",
     batch_size: Annotated[int, typer.Option(help="Prompts per router call.")] = 1024,
-    num_actors: Annotated[int, typer.Option(help="Router actors (the pool size).")] = 1,
-    num_cpus: Annotated[float, typer.Option(help="CPUs per router actor.")] = 1.0,
+    num_actors: Annotated[
+        int | None, typer.Option(help="Router actors (default: one per CPU, or per GPU share).")
+    ] = None,
+    num_cpus: Annotated[
+        float | None, typer.Option(help="CPUs per router actor (default: an equal share).")
+    ] = None,
     num_gpus: Annotated[float, typer.Option(help="GPUs per router actor.")] = 0.0,
     prices: Annotated[
         Path | None, typer.Option(help="prices.yaml: USD per million tokens.")
@@ -94,8 +103,7 @@ def route(
             overwrite=overwrite or sample is not None,
         )
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from exc
+        _fail(exc)
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(
         f"\nrouted {summary['rows']} prompts: {summary['strong']} to the strong model, "
@@ -105,4 +113,53 @@ def route(
         f"${summary['all_strong_cost_usd']:.4f} all-strong "
         f"({summary['saving_vs_all_strong']:.1%} saved)\n"
         f"results: {output}  (summary: {output.rstrip('/')}/_SUMMARY.json)"
+    )
+
+
+@batch_app.command("generate")
+def generate(
+    input: Annotated[str, typer.Option(help="Routed Parquet (or raw prompts, routed first).")],
+    output: Annotated[str, typer.Option(help="Output directory, local or s3://.")],
+    config: Annotated[
+        Path, typer.Option(help="generate.yaml, or a serve config: models, limits, prices.")
+    ],
+    router: Annotated[
+        str | None, typer.Option(help="Router for unrouted input (default: shipped).")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Threshold for unrouted input.")] = None,
+    prompt_column: str = "prompt",
+    s3_endpoint: Annotated[str | None, typer.Option(help="S3 endpoint URL.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Discard earlier results in --output.")] = False,
+    local_ray_cpus: Annotated[
+        int | None, typer.Option(help="CPUs for a local Ray (ignored on a cluster).")
+    ] = None,
+) -> None:
+    """Answer every prompt: weak rows on vLLM, strong rows through the external API."""
+    from batch_jobs.generate import GenerateConfig, run
+    from routers.checkpoint import CheckpointError
+
+    try:
+        settings = GenerateConfig.from_yaml(config)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    _init_ray(local_ray_cpus)
+    try:
+        summary = run(
+            input,
+            output,
+            settings,
+            router_dir=router,
+            threshold=threshold,
+            prompt_column=prompt_column,
+            s3_endpoint=s3_endpoint,
+            overwrite=overwrite,
+        )
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(
+        f"\nanswered {summary['answered_strong']} prompts with the strong model and "
+        f"{summary['answered_weak']} with the weak one; {summary['errors']} rows have an error\n"
+        f"cost ${summary['cost_usd']:.4f} against about ${summary['all_strong_cost_usd']:.4f} "
+        f"all-strong ({summary['saving_vs_all_strong']:.1%} saved)\nresults: {output}"
     )

@@ -11,6 +11,7 @@ import typer
 from routeray import CACHE_DIR
 from routeray.batch_cli import batch_app
 from routeray.serve_cli import serve
+from routeray.simulate_cli import simulate
 
 app = typer.Typer(
     help="Learned LLM routing (RouteLLM) on Ray: train, evaluate, score and route prompts.",
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(batch_app, name="batch")
 app.command()(serve)
+app.command()(simulate)
 
 CacheOption = Annotated[
     Path, typer.Option(help="Directory caching prompt embeddings between runs.")

@@ -17,13 +17,13 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu]' or '.[gpu]')")
 
-from batch_jobs.commit import SUMMARY_FILE  # noqa: E402
-from batch_jobs.generate import AnswerBatch, GenerateConfig, run  # noqa: E402
-from routers.checkpoint import load_router  # noqa: E402
-from routers.costs import Prices  # noqa: E402
-from routers.sample_prompts import generate_prompts  # noqa: E402
-from serve_app.strong_standin import StrongStandin  # noqa: E402
-from serve_app.tiny_model import build_tiny_model  # noqa: E402
+from batch_jobs.commit import SUMMARY_FILE
+from batch_jobs.generate import AnswerBatch, GenerateConfig, run
+from routers.checkpoint import load_router
+from routers.costs import Prices
+from routers.sample_prompts import generate_prompts
+from serve_app.strong_standin import StrongStandin
+from serve_app.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.slow
 
