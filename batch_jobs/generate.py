@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
 from batch_jobs.inputs import inspect_inputs
-from batch_jobs.route import ROUTE_COLUMN, RouteBatch, route_table
+from batch_jobs.route import DEFAULT_BATCH_SIZE, ROUTE_COLUMN, RouteBatch, route_table
 from batch_jobs.storage import locate
 from routers.checkpoint import default_router_dir, read_config
 from routers.costs import Prices
@@ -244,7 +244,7 @@ def run(
     router_dir: str | None = None,
     threshold: float | None = None,
     prompt_column: str = "prompt",
-    route_batch_size: int = 1024,
+    route_batch_size: int = DEFAULT_BATCH_SIZE,
     s3_endpoint: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -259,7 +259,7 @@ def run(
         threshold = float(read_config(router_dir)["metadata"]["default_threshold"])
     identity = {
         "job": "generate",
-        "input": input_path,
+        "input": input_path.rstrip("/"),
         "config_sha256": config.fingerprint(),
         "router": router_dir,
         "threshold": threshold,

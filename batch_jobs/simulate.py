@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from batch_jobs.inputs import READ_CPUS, inspect_inputs, read_units, work_units
+from batch_jobs.route import DEFAULT_BATCH_SIZE
 from batch_jobs.storage import Location, locate
 from routers.checkpoint import default_router_dir, load_router, read_config
 from routers.costs import Prices
@@ -310,7 +311,7 @@ def run(
     quality_target: float | None = None,
     prompt_column: str = "prompt",
     tokenizer: str | None = None,
-    batch_size: int = 1024,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     num_actors: int | None = None,
     s3_endpoint: str | None = None,
 ) -> dict[str, Any]:

@@ -10,7 +10,7 @@
 Prints rows/s for each and the efficiency ratio job / bare (target: at least 0.85). S3 is moto's
 server on loopback, started here.
 
-    python bench/batch_route.py [--rows 100000] [--files 20] [--batch-size 1024]
+    python bench/batch_route.py [--rows 100000] [--files 20] [--batch-size 4096]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import ray
 
 from batch_jobs.local_s3 import LocalS3
-from batch_jobs.route import actor_layout, run
+from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, run
 from batch_jobs.storage import s3_filesystem
 from routers.checkpoint import default_router_dir, load_router
 from routers.sample_prompts import generate_prompts
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--files", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--num-actors", type=int)
     parser.add_argument("--num-cpus", type=float)
     args = parser.parse_args()

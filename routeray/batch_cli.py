@@ -41,7 +41,7 @@ def route(
         float | None, typer.Option(help="Calibrate the threshold on the input for this share.")
     ] = None,
     prompt_column: str = "prompt",
-    batch_size: Annotated[int, typer.Option(help="Prompts per router call.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Prompts per router call.")] = 4096,
     num_actors: Annotated[
         int | None, typer.Option(help="Router actors (default: one per CPU, or per GPU share).")
     ] = None,
