@@ -196,6 +196,9 @@ def run(
         record_job(output, identity, threshold_used=cutoff)
 
     actors, cpus, threads = actor_layout(num_actors, num_cpus, num_gpus)
+    # A small archive still spreads over the whole pool.
+    rows = sum(f.num_rows for f in files)
+    batch_size = max(1, min(batch_size, -(-rows // actors)))
 
     def route(dataset: Any) -> Any:
         return dataset.map_batches(

@@ -71,6 +71,8 @@ class ScoreRouters:
             self._tokenizer = AutoTokenizer.from_pretrained(
                 self.tokenizer_path or default_model_path()
             )
+            # Counting, not encoding for the model: long prompts are fine (and not warned about).
+            self._tokenizer.model_max_length = 1 << 30
         texts = [p if isinstance(p, str) else "" for p in prompts]
         ids = self._tokenizer(texts, add_special_tokens=False)["input_ids"]
         return pa.array([len(x) for x in ids], pa.int64())
@@ -105,6 +107,7 @@ def score_traffic(
     total = ray.cluster_resources().get("CPU", 1.0)
     actors = num_actors or max(1, int(total))
     cpus = max(0.1, (total - READ_CPUS) / actors)
+    batch_size = max(1, min(batch_size, -(-sum(f.num_rows for f in files) // actors)))
     scored = read_units(source.fs, work_units(files)).map_batches(
         ScoreRouters,
         fn_constructor_args=(routers, prompt_column, tokenizer, max(1, round(cpus))),
