@@ -16,6 +16,7 @@ Parquet metadata, so the summary never rereads the rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -106,15 +107,21 @@ class CommitTracker:
         self.expected = expected
         self.rows: dict[str, int] = defaultdict(int)
         self.pieces: dict[str, list[str]] = defaultdict(list)
+        self.finished: set[str] = set()
         self.done = already_done
         self.total = total
 
     def add(self, relative: str, rows: int, piece: str) -> list[str] | None:
+        # Piece names follow from the rows they hold, so a write task that Ray retries restages
+        # the same piece under the same name: count it once.
+        if piece in self.pieces[relative] or relative in self.finished:
+            return None
         self.rows[relative] += rows
         self.pieces[relative].append(piece)
         if self.rows[relative] > self.expected[relative]:
             raise RuntimeError(f"{relative}: more rows staged than the file holds")
         if self.rows[relative] == self.expected[relative]:
+            self.finished.add(relative)
             return self.pieces.pop(relative)
         return None
 
@@ -152,8 +159,6 @@ class CommitSink(Datasink):
         self.stats = stats
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> int:
-        import uuid
-
         import ray
         from ray.data.block import BlockAccessor
 
@@ -164,7 +169,10 @@ class CommitSink(Datasink):
             sources = table.column(SOURCE_COLUMN)
             for relative in pc.unique(sources).to_pylist():
                 part = table.filter(pc.equal(sources, relative))
-                piece = self.output.join(STAGING_DIR, f"{uuid.uuid4().hex}.parquet").path
+                rows = part.column(ROW_COLUMN)
+                first, last = pc.min(rows).as_py(), pc.max(rows).as_py()
+                name = hashlib.sha1(f"{relative}:{first}:{last}:{len(part)}".encode()).hexdigest()
+                piece = self.output.join(STAGING_DIR, f"{name}.parquet").path
                 write_table_atomic(Location(fs, piece, piece), [part], part.schema)
                 written += part.num_rows
                 complete = ray.get(self.tracker.add.remote(relative, part.num_rows, piece))

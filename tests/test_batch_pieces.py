@@ -103,8 +103,12 @@ def test_tracker_completes_a_file_once_all_its_rows_are_staged():
     assert tracker.add("a", 3, "p1") is None
     assert tracker.add("b", 2, "p2") == ["p2"]
     assert tracker.add("a", 2, "p3") == ["p1", "p3"]
+    # A retried write task restages the same piece: counted once, never published twice.
+    assert tracker.add("a", 2, "p3") is None
+    tracker = CommitTracker({"c": 2}, already_done=0, total=1)
+    assert tracker.add("c", 1, "q1") is None and tracker.add("c", 1, "q1") is None
     with pytest.raises(RuntimeError, match="more rows staged"):
-        tracker.add("b", 1, "p4")
+        tracker.add("c", 2, "q2")
 
 
 def test_a_job_record_guards_the_output(tmp_path: Path):
