@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from ray.data import Datasink
 
 from batch_jobs.inputs import ROW_COLUMN, SOURCE_COLUMN, InputFile, read_units, work_units
-from batch_jobs.storage import Location, write_table_atomic
+from batch_jobs.storage import Location, visible_files, write_table_atomic
 
 JOB_FILE = "_JOB.json"
 SUMMARY_FILE = "_SUMMARY.json"
@@ -76,16 +76,7 @@ def record_job(output: Location, identity: dict[str, Any], **extra: Any) -> None
 
 def published(output: Location) -> set[str]:
     """Relative paths of the result files already in `output`."""
-    if not output.exists():
-        return set()
-    base = output.path.rstrip("/") + "/"
-    found = set()
-    for entry in output.fs.get_file_info(pafs.FileSelector(output.path, recursive=True)):
-        relative = entry.path.removeprefix(base)
-        hidden = any(part.startswith((".", "_")) for part in relative.split("/"))
-        if entry.type == pafs.FileType.File and not hidden:
-            found.add(relative)
-    return found
+    return set(visible_files(output)) if output.exists() else set()
 
 
 def _clear_leftovers(output: Location) -> None:

@@ -29,9 +29,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
 from batch_jobs.inputs import inspect_inputs
-from batch_jobs.route import DEFAULT_BATCH_SIZE, ROUTE_COLUMN, RouteBatch, route_table
+from batch_jobs.route import (
+    DEFAULT_BATCH_SIZE,
+    ROUTE_COLUMN,
+    RouteBatch,
+    resolve_threshold,
+    route_table,
+)
 from batch_jobs.storage import locate
-from routers.checkpoint import default_router_dir, read_config
+from routers.checkpoint import default_router_dir
 from routers.costs import Prices
 from routers.prompts import ERROR_COLUMN
 from serve_app.config import OpenAIBackendConfig, VLLMBackendConfig
@@ -255,8 +261,8 @@ def run(
     files = inspect_inputs(source, prompt_column)
     routed = all(ROUTE_COLUMN in dict(f.columns) for f in files)
     router_dir = None if routed else str(router_dir or default_router_dir())
-    if router_dir and threshold is None:
-        threshold = float(read_config(router_dir)["metadata"]["default_threshold"])
+    if router_dir:
+        threshold = resolve_threshold(router_dir, threshold, None, [])
     identity = {
         "job": "generate",
         "input": input_path.rstrip("/"),

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from types import TracebackType
 from typing import Any
+
+from serve_app.demo import free_port
 
 # moto accepts any key pair; these only have to exist for the AWS credential chain.
 TEST_CREDENTIALS = {
@@ -32,9 +33,7 @@ class LocalS3:
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
 

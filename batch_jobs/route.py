@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_jobs.commit import SUMMARY_FILE, WRITE_CPUS, open_job, record_job, run_files
-from batch_jobs.inputs import READ_CPUS, inspect_inputs, sample_prompts
+from batch_jobs.inputs import READ_CPUS, InputFile, inspect_inputs, sample_prompts
 from batch_jobs.storage import locate
 from routers.calibration import threshold_for_strong_share
 from routers.checkpoint import CONFIG_FILE, default_router_dir, load_router, read_config
@@ -131,11 +131,15 @@ def resolve_threshold(
 
 
 def actor_layout(
-    num_actors: int | None, num_cpus: float | None, num_gpus: float
+    num_actors: int | None,
+    num_cpus: float | None,
+    num_gpus: float,
+    reserved_cpus: float = READ_CPUS + WRITE_CPUS,
 ) -> tuple[int, float, int | None]:
     """Router actors, CPUs per actor and torch threads per actor; what is not given fills the
     cluster: one actor per GPU share, or one single-threaded actor per CPU (on CPUs, separate
-    processes scale better than threads in one), leaving room for the read and write tasks."""
+    processes scale better than threads in one), leaving `reserved_cpus` for the read and
+    write tasks."""
     import ray
 
     resources = ray.cluster_resources()
@@ -144,8 +148,14 @@ def actor_layout(
         return actors, num_cpus or 1.0, None
     total = resources.get("CPU", 1.0)
     actors = num_actors or max(1, int(total))
-    cpus = num_cpus or max(0.1, (total - READ_CPUS - WRITE_CPUS) / actors)
+    cpus = num_cpus or max(0.1, (total - reserved_cpus) / actors)
     return actors, cpus, max(1, round(cpus))
+
+
+def call_size(batch_size: int, files: list[InputFile], actors: int) -> int:
+    """Prompts per router call, capped so that a small archive still spreads over the pool."""
+    rows = sum(f.num_rows for f in files)
+    return max(1, min(batch_size, -(-rows // actors)))
 
 
 def _router_identity(router_dir: str) -> str:
@@ -196,9 +206,7 @@ def run(
         record_job(output, identity, threshold_used=cutoff)
 
     actors, cpus, threads = actor_layout(num_actors, num_cpus, num_gpus)
-    # A small archive still spreads over the whole pool.
-    rows = sum(f.num_rows for f in files)
-    batch_size = max(1, min(batch_size, -(-rows // actors)))
+    batch_size = call_size(batch_size, files, actors)
 
     def route(dataset: Any) -> Any:
         return dataset.map_batches(

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from batch_jobs.inputs import READ_CPUS, inspect_inputs, read_units, work_units
-from batch_jobs.route import DEFAULT_BATCH_SIZE
+from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, call_size
 from batch_jobs.storage import Location, locate
 from routers.checkpoint import default_router_dir, load_router, read_config
 from routers.costs import Prices
@@ -104,14 +104,12 @@ def score_traffic(
     import ray
 
     files = inspect_inputs(source, prompt_column)
-    total = ray.cluster_resources().get("CPU", 1.0)
-    actors = num_actors or max(1, int(total))
-    cpus = max(0.1, (total - READ_CPUS) / actors)
-    batch_size = max(1, min(batch_size, -(-sum(f.num_rows for f in files) // actors)))
+    # Scores are collected, not written: only the read tasks need room beside the actors.
+    actors, cpus, threads = actor_layout(num_actors, None, 0.0, reserved_cpus=READ_CPUS)
     scored = read_units(source.fs, work_units(files)).map_batches(
         ScoreRouters,
-        fn_constructor_args=(routers, prompt_column, tokenizer, max(1, round(cpus))),
-        batch_size=batch_size,
+        fn_constructor_args=(routers, prompt_column, tokenizer, threads),
+        batch_size=call_size(batch_size, files, actors),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus,

@@ -71,6 +71,19 @@ def locate(uri: str, s3_endpoint: str | None = None) -> Location:
     return Location(pafs.LocalFileSystem(), path, uri)
 
 
+def visible_files(location: Location) -> list[str]:
+    """Relative paths of the files under a directory, skipping names that start with `.` or
+    `_` at any level (staging, job records, temporaries), as Parquet readers do."""
+    base = location.path.rstrip("/") + "/"
+    found = []
+    for entry in location.fs.get_file_info(pafs.FileSelector(location.path, recursive=True)):
+        relative = entry.path.removeprefix(base)
+        hidden = any(part.startswith((".", "_")) for part in relative.split("/"))
+        if entry.type == pafs.FileType.File and not hidden:
+            found.append(relative)
+    return found
+
+
 def list_parquet(location: Location) -> list[Location]:
     """The Parquet files under a directory (recursively, hidden ones skipped), or the file."""
     info = location.fs.get_file_info(location.path)
@@ -78,14 +91,7 @@ def list_parquet(location: Location) -> list[Location]:
         return [location]
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input not found: {location.uri}")
-    selector = pafs.FileSelector(location.path, recursive=True)
-    base = location.path.rstrip("/") + "/"
-    files = []
-    for entry in location.fs.get_file_info(selector):
-        relative = entry.path.removeprefix(base)
-        hidden = any(part.startswith((".", "_")) for part in relative.split("/"))
-        if entry.type == pafs.FileType.File and entry.path.endswith(".parquet") and not hidden:
-            files.append(location.join(relative))
+    files = [location.join(r) for r in visible_files(location) if r.endswith(".parquet")]
     return sorted(files, key=lambda f: f.path)
 
 
