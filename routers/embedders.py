@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from routers.truncation import head_tail
+
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 CACHE_ENV = "ROUTERAY_EMBEDDING_CACHE"
 
@@ -82,15 +84,11 @@ class Embedder:
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids with special tokens, cut to the window as head + tail."""
         body = self.max_tokens - len(self._prefix) - len(self._suffix)
-        tail = body - self.head_tokens
         encoded = self._backend.encode_batch(list(texts), add_special_tokens=False)
-        out = []
-        for enc in encoded:
-            ids = enc.ids
-            if len(ids) > body:
-                ids = ids[: self.head_tokens] + ids[len(ids) - tail :]
-            out.append(self._prefix + ids + self._suffix)
-        return out
+        return [
+            self._prefix + head_tail(enc.ids, body, self.head_tokens) + self._suffix
+            for enc in encoded
+        ]
 
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
         order = np.argsort(lengths, kind="stable")

@@ -9,6 +9,9 @@ from routers.protocol import BaseRouter
 ROUTERS: dict[str, str] = {
     "random": "routers.random_router:RandomRouter",
     "mf": "routers.mf:MFRouter",
+    "sw_ranking": "routers.sw_ranking:SWRankingRouter",
+    "bert": "routers.bert:BertRouter",
+    "causal_llm": "routers.causal_llm:CausalLLMRouter",
 }
 
 
