@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +22,8 @@ app.add_typer(batch_app, name="batch")
 app.command()(serve)
 app.command()(simulate)
 
+CALIBRATION_PROMPTS = 2000
+
 CacheOption = Annotated[
     Path, typer.Option(help="Directory caching prompt embeddings between runs.")
 ]
@@ -34,6 +36,28 @@ def _cache(cache: Path, disabled: bool):
     from routers.embedders import embedding_cache
 
     return embedding_cache(None if disabled else cache)
+
+
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        help="Training option KEY=VALUE passed to the router's `train` (repeatable; the value "
+        "is read as YAML, so 2, 0.1, true and [64, 128] keep their types).",
+    ),
+]
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--param takes KEY=VALUE, got {item!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
 
 
 def _fail(message: str) -> typer.Exit:
@@ -58,15 +82,17 @@ def train(
     strong_pct: Annotated[
         float, typer.Option(help="Strong share the recorded default threshold aims at.")
     ] = 0.5,
+    param: ParamOption = None,
     embedding_cache: CacheOption = CACHE_DIR,
     no_embedding_cache: NoCacheOption = False,
 ) -> None:
-    """Train a router on the battle table built from DATA_DIR and save it as a directory."""
+    """Train a router on the training sources in DATA_DIR and save it as a directory."""
     from routers.calibration import threshold_for_strong_share
     from routers.checkpoint import save_router
     from routers.registry import router_class
-    from routers.training_data import load_battles
+    from routers.training_tables import load_training_table
 
+    options = _params(param)
     with _cache(embedding_cache, no_embedding_cache):
         try:
             cls = router_class(router)
@@ -77,25 +103,34 @@ def train(
                 f"eval dir {eval_dir} not found: training is always decontaminated against it"
             )
         try:
-            battles = load_battles(data_dir, eval_dir, seed=seed)
+            table = load_training_table(cls, data_dir, eval_dir, seed=seed)
         except FileNotFoundError as exc:
             raise _fail(str(exc)) from exc
-        options = {"embedder": {"model_path": embedder}} if embedder else {}
-        trained = cls.train(battles, seed=seed, **options)
-        prompts = battles["prompt"].drop_duplicates().tolist()
-        threshold = threshold_for_strong_share(trained.score(prompts), strong_pct)
+        if embedder:
+            options["embedder"] = {"model_path": embedder}
+        try:
+            trained = cls.train(table, seed=seed, **options)
+        except TypeError as exc:
+            raise _fail(f"router {router!r} does not take these options: {exc}") from exc
+        prompts = table["prompt"].drop_duplicates()
+        # Scoring every training prompt is minutes for a fine-tuned LLM; a fixed sample sets a
+        # threshold for a share just as well.
+        prompts = prompts.sample(min(len(prompts), CALIBRATION_PROMPTS), random_state=seed)
+        threshold = threshold_for_strong_share(trained.score(prompts.tolist()), strong_pct)
         metadata = {
             "default_threshold": threshold,
             "calibration": {
                 "strong_pct": strong_pct,
-                "prompts": "unique training prompts",
+                "prompts": "unique training prompts (a seeded sample)",
                 "n": len(prompts),
             },
             "training": {
                 "data_dir": str(data_dir),
-                "battles": len(battles),
+                "table": cls.trains_on,
+                "rows": len(table),
                 "seed": seed,
-                "sources": battles["source"].value_counts().to_dict(),
+                "options": options,
+                "sources": table["source"].value_counts().to_dict(),
             },
         }
         save_router(trained, output, metadata)
@@ -200,12 +235,28 @@ def evaluate(
     output: Annotated[Path, typer.Option(help="Directory for metrics.json and the plot.")] = Path(
         "out/eval"
     ),
+    cross_fit: Annotated[
+        int,
+        typer.Option(
+            help="Also train ROUTER_KIND K times on the training data plus K-1 folds of this "
+            "benchmark's own labels, each scoring its held-out fold (0: off)."
+        ),
+    ] = 0,
+    router_kind: Annotated[
+        str | None, typer.Option(help="Router kind for --cross-fit (default: the shipped one's).")
+    ] = None,
+    train_dir: Annotated[
+        Path, typer.Option(help="Training data for --cross-fit (../shared/data/train).")
+    ] = Path("../shared/data/train"),
+    seed: Annotated[int, typer.Option(help="Seed of the --cross-fit folds and training.")] = 0,
+    param: ParamOption = None,
     embedding_cache: CacheOption = CACHE_DIR,
     no_embedding_cache: NoCacheOption = False,
 ) -> None:
     """Cost-quality curves, APGR and CPT on a benchmark, as the paper computes them."""
     from routers.checkpoint import CheckpointError, default_router_dir, load_router
     from routers.evaluation import (
+        cost_saving,
         evaluate_random,
         evaluate_scores,
         load_benchmark,
@@ -240,6 +291,12 @@ def evaluate(
                 curve, result = evaluate_scores(loaded.score(df["prompt"].tolist()), weak, strong)
                 name = label
             curves[name], metrics[name] = curve, result.to_dict()
+        if cross_fit:
+            name, scores = _cross_fit(
+                benchmark, df, cross_fit, router_kind, train_dir, data_dir, seed, _params(param)
+            )
+            curve, result = evaluate_scores(scores, weak, strong)
+            curves[name], metrics[name] = curve, result.to_dict()
         output.mkdir(parents=True, exist_ok=True)
         (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         plot = output / f"{benchmark}.png"
@@ -251,13 +308,60 @@ def evaluate(
             f"{benchmark}: cost vs quality",
             plot,
         )
-        typer.echo(f"{'router':<24}{'APGR':>8}{'CPT20':>9}{'CPT50':>9}{'CPT80':>9}{'AUC':>9}")
+        ratio = _weak_to_strong_cost(df["prompt"].tolist())
+        typer.echo(
+            f"{'router':<24}{'APGR':>8}{'CPT20':>9}{'CPT50':>9}{'CPT80':>9}{'AUC':>9}"
+            f"{'strong@95%':>12}{'saving@95%':>12}"
+        )
         for name, m in metrics.items():
+            saving = cost_saving(m["strong_at_95"], ratio)
             typer.echo(
                 f"{name:<24}{m['apgr']:>8.3f}{m['cpt20']:>8.2f}%{m['cpt50']:>8.2f}%"
-                f"{m['cpt80']:>8.2f}%{m['auc']:>9.4f}"
+                f"{m['cpt80']:>8.2f}%{m['auc']:>9.4f}{m['strong_at_95']:>11.2f}%{saving:>11.1%}"
             )
+        typer.echo(
+            "strong@95%: strong calls needed to reach 95 % of the strong model's quality; "
+            f"saving@95%: the all-strong bill saved there (a weak request costs {ratio:.3f} of "
+            "a strong one at the default prices, estimated tokens)"
+        )
         typer.echo(f"wrote {output / 'metrics.json'} and {plot}")
+
+
+def _weak_to_strong_cost(prompts: list[str]) -> float:
+    from routers.costs import Prices, estimate_tokens
+
+    prices = Prices()
+    tokens = estimate_tokens(prompts)
+    return float(prices.weak.cost(tokens).mean() / prices.strong.cost(tokens).mean())
+
+
+def _cross_fit(
+    benchmark: str,
+    df,
+    folds: int,
+    kind: str | None,
+    train_dir: Path,
+    eval_dir: Path,
+    seed: int,
+    options: dict[str, Any],
+):
+    from routers.checkpoint import default_router_dir, read_config
+    from routers.cross_fit import cross_fit_scores
+    from routers.registry import router_class
+    from routers.training_tables import load_training_table
+
+    kind = kind or str(read_config(default_router_dir())["router"])
+    try:
+        cls = router_class(kind)
+        training = load_training_table(cls, train_dir, eval_dir, seed=seed)
+        scores = cross_fit_scores(cls, df, benchmark, training, folds=folds, seed=seed, **options)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"cross-fit: {kind} trained {folds} times on {train_dir} plus {folds - 1}/{folds} of "
+        f"{benchmark}'s labels; every prompt scored by the router that did not see it"
+    )
+    return f"{kind} cross-fit {folds}", scores
 
 
 @app.command()

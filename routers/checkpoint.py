@@ -51,6 +51,7 @@ def save_router(
     if tensors:
         weights = directory / WEIGHTS_FILE
         save_file(tensors, str(weights))
+        os.chmod(weights, 0o644)
         document["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(weights)}
     with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as fh:
         json.dump(document, fh, indent=2, sort_keys=True)

@@ -63,6 +63,9 @@ class Metrics:
     cpt50: float
     cpt80: float
     auc: float
+    # Percent of strong calls at which quality first reaches 95 % of the strong model's own
+    # quality (the paper's headline operating point); 0 when the weak model already does.
+    strong_at_95: float
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -138,7 +141,25 @@ def _metrics(curve: Curve, weak_mean: float, strong_mean: float) -> Metrics:
         cpt50=cpt(curve, weak_mean, strong_mean, 0.5),
         cpt80=cpt(curve, weak_mean, strong_mean, 0.8),
         auc=auc(curve),
+        strong_at_95=strong_share_for_quality(curve, weak_mean, strong_mean, 0.95),
     )
+
+
+def strong_share_for_quality(
+    curve: Curve, weak_mean: float, strong_mean: float, fraction: float
+) -> float:
+    """Percent of strong calls needed to reach `fraction` of the strong model's quality."""
+    target = fraction * strong_mean
+    if weak_mean >= target:
+        return 0.0
+    return cpt(curve, weak_mean, strong_mean, (target - weak_mean) / (strong_mean - weak_mean))
+
+
+def cost_saving(strong_percent: float, weak_to_strong_cost: float) -> float:
+    """Share of the all-strong bill saved when `strong_percent` of requests go to the strong
+    model and a weak request costs `weak_to_strong_cost` of a strong one."""
+    weak_share = 1.0 - strong_percent / 100.0
+    return weak_share * (1.0 - weak_to_strong_cost)
 
 
 def evaluate_scores(

@@ -30,6 +30,9 @@ class BaseRouter(ABC):
     """
 
     kind: ClassVar[str]
+    # The training table `train` takes: "battles" (routers.training_data.load_battles) or
+    # "prompt_labels" (routers.prompt_labels.load_prompt_labels).
+    trains_on: ClassVar[str] = "battles"
 
     @abstractmethod
     def score(self, prompts: Sequence[str]) -> np.ndarray:

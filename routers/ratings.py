@@ -8,10 +8,13 @@ strong-vs-weak comparison.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
+
+from routers.model_names import normalize_model_name
 
 WINNER_TARGET = {"a": 1.0, "b": 0.0, "tie": 0.5}
 ELO_SCALE = 400.0 / math.log(10.0)
@@ -96,3 +99,50 @@ def strong_weak_labels(battles: pd.DataFrame, model_tiers: pd.Series) -> pd.Data
     weak_won = np.where(flip, winner == "a", winner == "b")
     picked["label"] = np.select([strong_won, weak_won], ["strong", "weak"], "tie")
     return picked[["prompt", "label", "source", "weight"]].reset_index(drop=True)
+
+
+def classifier_labels(
+    battles: pd.DataFrame,
+    strong_model: str,
+    weak_model: str,
+    n_tiers: int = 10,
+    pair_battles: bool = True,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Strong/weak/tie labelled battles (prompt, label, source, weight) for the classifier
+    routers: tier 1 vs lower tiers as in the paper, plus (with `pair_battles`) every battle of
+    exactly the configured pair, whatever its tiers, oriented by name; each battle once.
+
+    The pair's own battles are the most direct evidence there is, and tiering alone would
+    drop them when both models land in one tier or flip them when the strong one is not in
+    tier 1."""
+    strong_model, weak_model = normalize_model_name(strong_model), normalize_model_name(weak_model)
+    battles = battles.assign(
+        model_a=battles["model_a"].map(normalize_model_name),
+        model_b=battles["model_b"].map(normalize_model_name),
+    )
+    model_tiers = tiers(bradley_terry(battles), n_tiers)
+    top = list(model_tiers[model_tiers == 1].index)
+    log(
+        f"tier 1: {', '.join(top)}; {strong_model} tier {model_tiers.get(strong_model, '-')}, "
+        f"{weak_model} tier {model_tiers.get(weak_model, '-')}"
+    )
+    a, b = battles["model_a"], battles["model_b"]
+    a_strong = (a == strong_model) & (b == weak_model)
+    b_strong = (a == weak_model) & (b == strong_model)
+    pair = a_strong | b_strong
+    parts = [strong_weak_labels(battles[~pair] if pair_battles else battles, model_tiers)]
+    if pair_battles and pair.any():
+        direct = battles[pair].copy()
+        winner, flip = direct["winner"].to_numpy(), b_strong[pair].to_numpy()
+        strong_won = np.where(flip, winner == "b", winner == "a")
+        weak_won = np.where(flip, winner == "a", winner == "b")
+        direct["label"] = np.select([strong_won, weak_won], ["strong", "weak"], "tie")
+        parts.append(direct[["prompt", "label", "source", "weight"]])
+        log(f"{int(pair.sum())} battles of {strong_model} vs {weak_model} labelled directly")
+    if not any(len(p) for p in parts):
+        raise ValueError(
+            "no strong/weak labelled battles: no battle pits a tier-1 model against a lower "
+            "tier, and none is between the configured strong and weak models"
+        )
+    return pd.concat(parts, ignore_index=True)

@@ -12,6 +12,7 @@ ROUTERS: dict[str, str] = {
     "sw_ranking": "routers.sw_ranking:SWRankingRouter",
     "bert": "routers.bert:BertRouter",
     "causal_llm": "routers.causal_llm:CausalLLMRouter",
+    "quality_gap": "routers.quality_gap:QualityGapRouter",
 }
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from routeray.cli import app
@@ -131,7 +132,7 @@ def test_eval_writes_metrics_and_plot(tmp_path: Path, tiny_router_dir: Path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"random", "tiny-mf"}
     for values in metrics.values():
-        assert set(values) == {"apgr", "cpt20", "cpt50", "cpt80", "auc"}
+        assert set(values) == {"apgr", "cpt20", "cpt50", "cpt80", "auc", "strong_at_95"}
         assert 0.0 <= values["cpt50"] <= 100.0
     assert (out / "mmlu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -165,6 +166,7 @@ def _write_training_sources(directory: Path) -> None:
                     "model_a": "gpt4_1106_preview",
                     "model_b": other,
                     "winner": "model_a" if math else "model_b",
+                    "preference": 1.0 if math else 2.0,
                 }
             )
         rows.append(
@@ -173,15 +175,18 @@ def _write_training_sources(directory: Path) -> None:
                 "model_a": "gpt4_1106_preview",
                 "model_b": "Mixtral-8x7B-Instruct-v0.1",
                 "winner": "model_a" if math else "tie",
+                "preference": 1.0 if math else 1.5,
             }
         )
-    rows.append(
+    rows.extend(
         {
             "prompt": "An eval prompt that leaked",
             "model_a": "gpt4_1106_preview",
-            "model_b": "vicuna-7b",
+            "model_b": other,
             "winner": "model_a",
+            "preference": 1.0,
         }
+        for other in ("vicuna-7b", "Mixtral-8x7B-Instruct-v0.1")
     )
     pd.DataFrame(rows).to_parquet(directory / "alpaca_eval_pairwise.parquet")
     arena = [
@@ -202,7 +207,27 @@ def _write_training_sources(directory: Path) -> None:
     ).to_parquet(directory / "mmlu_pro_correctness.parquet")
 
 
-def test_train_writes_a_loadable_decontaminated_router(tmp_path: Path):
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from serve_app.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0)
+
+
+# Router kind -> training options; the learned routers must also rank math above chit-chat.
+TRAINED_KINDS = {
+    "mf": ([], True),
+    "sw_ranking": ([], True),
+    "quality_gap": ([], True),
+    "bert": (["--param", "epochs=1", "--param", "batch_size=8"], False),
+    "causal_llm": (["--param", "lora=true", "--param", "epochs=1"], False),
+}
+
+
+@pytest.mark.parametrize("kind", list(TRAINED_KINDS))
+def test_train_writes_a_loadable_decontaminated_router(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+):
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
     _write_training_sources(train_dir)
     eval_dir.mkdir()
@@ -211,10 +236,13 @@ def test_train_writes_a_loadable_decontaminated_router(tmp_path: Path):
             {"prompt": ["an EVAL prompt  that leaked" if name == "mmlu" else "other"]}
         ).to_parquet(eval_dir / f"{name}.parquet")
     out = tmp_path / "router"
+    options, learns = TRAINED_KINDS[kind]
+    if kind == "causal_llm":
+        options = [*options, "--param", f"base_model={request.getfixturevalue('tiny_llama')}"]
     result = invoke(
         "train",
         "--router",
-        "mf",
+        kind,
         "--data-dir",
         train_dir,
         "--eval-dir",
@@ -222,15 +250,26 @@ def test_train_writes_a_loadable_decontaminated_router(tmp_path: Path):
         "--output",
         out,
         "--no-embedding-cache",
+        *options,
     )
     assert result.exit_code == 0, result.output
-    assert "alpaca_eval: dropped 1 battles (1 prompts)" in result.output
-    assert "mmlu_pro: left out 1 MMLU-derived questions" in result.output
+    assert "decontamination: alpaca_eval: dropped" in result.output
     router = load_router(out)
     scores = router.score(["Solve: 7 + 21 times 9", "Say hello to friend 99"])
-    assert scores[0] > scores[1]
+    assert ((scores >= 0) & (scores <= 1)).all()
+    if learns:
+        assert scores[0] > scores[1]
     meta = json.loads((out / "config.json").read_text())["metadata"]
     assert 0.0 <= meta["default_threshold"] <= 1.0
+    assert meta["training"]["options"] == {
+        k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options if "=" in o)
+    }
+
+
+def test_train_param_must_be_key_value(tmp_path: Path):
+    result = invoke("train", "--router", "mf", "--param", "epochs", "--output", tmp_path / "r")
+    assert result.exit_code == 2
+    assert "--param takes KEY=VALUE" in result.output
 
 
 def test_train_unknown_router_kind_fails_clearly(tmp_path: Path):

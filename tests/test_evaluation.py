@@ -44,6 +44,8 @@ def test_perfect_router_curve_and_metrics():
     assert m.cpt20 == pytest.approx(4.0)
     assert m.cpt50 == pytest.approx(10.0)
     assert m.cpt80 == pytest.approx(16.0)
+    # 95 % of the strong model's 0.7 is 0.665: on the segment 0.6 (10 %) -> 0.7 (20 %).
+    assert m.strong_at_95 == pytest.approx(16.5)
     # With one prompt per decile the oracle is the same curve.
     assert apgr(oracle_curve(WEAK, STRONG), 0.5, 0.7) == pytest.approx(m.apgr)
 
@@ -111,7 +113,7 @@ def test_random_router_apgr_is_about_one_half():
     assert m.cpt50 == pytest.approx(50.0, abs=3.0)
     assert len(curve.strong_fraction) == 11
     assert curve.strong_fraction[[0, -1]] == pytest.approx([0.0, 1.0])
-    assert set(m.to_dict()) == {"apgr", "cpt20", "cpt50", "cpt80", "auc"}
+    assert set(m.to_dict()) == {"apgr", "cpt20", "cpt50", "cpt80", "auc", "strong_at_95"}
     # Same seed, same answer; another seed differs.
     assert evaluate_random(weak, strong, seed=0)[1] == m
     assert evaluate_random(weak, strong, seed=1)[1].apgr != m.apgr
@@ -168,3 +170,10 @@ def test_load_benchmark(tmp_path: Path):
         load_benchmark("humaneval", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"mmlu\.parquet"):
         load_benchmark("mmlu", tmp_path)
+
+
+def test_cost_saving_at_a_strong_share():
+    from routers.evaluation import cost_saving
+
+    assert cost_saving(100.0, 0.05) == pytest.approx(0.0)
+    assert cost_saving(40.0, 0.05) == pytest.approx(0.6 * 0.95)

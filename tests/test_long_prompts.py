@@ -1,0 +1,25 @@
+"""The shipped router reads the end of a long prompt, where the question usually is."""
+
+from __future__ import annotations
+
+from routers.checkpoint import default_router_dir, load_router
+
+DOCUMENT = " ".join(
+    f"Section {i}. The committee reviewed the quarterly figures for region {i % 7} and noted "
+    "that shipments, staffing and maintenance schedules stayed within the agreed ranges."
+    for i in range(150)
+)  # about 3,700 words: far past the embedder's 256-token window
+
+
+def test_question_at_the_end_of_a_long_prompt_changes_the_score():
+    router = load_router(default_router_dir())
+    easy = f"{DOCUMENT}\n\nThanks! Could you say hello back?"
+    hard = (
+        f"{DOCUMENT}\n\nUsing the figures above, derive a closed-form expression for the "
+        "variance of the quarterly shipments and prove that it is minimised by an even split."
+    )
+    middle_changed = easy.replace("Section 75.", "Section seventy-five.")
+    scores = router.score([easy, hard, middle_changed])
+    assert abs(scores[1] - scores[0]) > 1e-3, scores
+    # The window keeps the head and the tail; a change in the middle is not read at all.
+    assert abs(scores[2] - scores[0]) < 1e-6, scores
