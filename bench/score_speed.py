@@ -1,7 +1,10 @@
-"""Prompts/s of batched `score` against a one-prompt-at-a-time loop of the same router.
+"""Prompts/s of batched `score` against a one-prompt-at-a-time loop of the same router, and
+against an MF router's batched `score`.
 
-The loop is how the paper's server calls its router (one prompt per request). Both runs use
-the same generated prompts of mixed length and the same loaded router, in one process.
+The loop is how the paper's server calls its router (one prompt per request). The MF router is
+the speed floor the default router is held to (at least half of MF's prompts/s): embedding plus
+one dot product; its weights are random, which does not change its speed. All runs use the
+same generated prompts of mixed length, in one process.
 
     .venv/bin/python bench/score_speed.py [--router DIR] [--n 2000]
 """
@@ -19,7 +22,15 @@ import numpy as np
 import torch
 
 from routers.checkpoint import default_router_dir, load_router
+from routers.mf import MFNet, MFRouter
+from routers.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.sample_prompts import generate_prompts
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
 
 
 def main() -> None:
@@ -32,15 +43,13 @@ def main() -> None:
     router = load_router(args.router)
     prompts = generate_prompts(args.n, seed=args.seed)
     words = np.array([len(p.split()) for p in prompts])
+    mf = MFRouter(MFNet(2, 384, 64), [STRONG_MODEL, WEAK_MODEL])
     router.score(prompts[:16])  # load the model and warm up before timing
+    mf.score(prompts[:16])
 
-    start = time.perf_counter()
-    batched = router.score(prompts)
-    batched_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    single = np.concatenate([router.score([p]) for p in prompts])
-    single_s = time.perf_counter() - start
+    _, mf_s = timed(mf.score, prompts)
+    batched, batched_s = timed(router.score, prompts)
+    single, single_s = timed(lambda: np.concatenate([router.score([p]) for p in prompts]))
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads "
@@ -54,6 +63,8 @@ def main() -> None:
     print(f"batched score:      {args.n / batched_s:8.1f} prompts/s ({batched_s:.1f} s)")
     print(f"one at a time:      {args.n / single_s:8.1f} prompts/s ({single_s:.1f} s)")
     print(f"ratio batched/loop: {single_s / batched_s:8.2f}x")
+    print(f"MF batched score:   {args.n / mf_s:8.1f} prompts/s ({mf_s:.1f} s)")
+    print(f"ratio router/MF:    {mf_s / batched_s:8.2f} (target >= 0.5)")
     print(f"max |batched - single| score difference: {np.abs(batched - single).max():.2e}")
 
 

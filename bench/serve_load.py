@@ -5,9 +5,9 @@ dynamic batching against a batch size of 1. Loopback only; bounded in count and 
 
 Starts its own local Ray Serve app: the shipped router, vLLM on the tiny generated model as
 the weak backend, and the strong-API stand-in.
-- Added latency: the same prompts sent as `router-mf-1.0` (routed, always weak) and straight
+- Added latency: the same prompts sent as `router-gap-1.0` (routed, always weak) and straight
   to the weak model's name, interleaved in one run; the difference is what routing costs.
-- Throughput of routing: `router-mf-0.0` (always strong: the stand-in answers at once, so the
+- Throughput of routing: `router-gap-0.0` (always strong: the stand-in answers at once, so the
   router is the bottleneck), with max_batch_size 32 and then 1.
 """
 
@@ -94,9 +94,9 @@ def main() -> None:
         serve.run(build(config), name="routeray", route_prefix="/")
 
         lat = asyncio.run(
-            _load(base_url, ["router-mf-1.0", WEAK_MODEL], prompts, args.clients, args.seconds, 4)
+            _load(base_url, ["router-gap-1.0", WEAK_MODEL], prompts, args.clients, args.seconds, 4)
         )
-        routed, direct = np.array(lat["router-mf-1.0"]), np.array(lat[WEAK_MODEL])
+        routed, direct = np.array(lat["router-gap-1.0"]), np.array(lat[WEAK_MODEL])
         print(f"weak backend, routed vs direct ({len(routed)} / {len(direct)} requests):")
         for q in (50, 99):
             r, d = np.percentile(routed, q) * 1e3, np.percentile(direct, q) * 1e3
@@ -110,17 +110,17 @@ def main() -> None:
             before = Counter(router.batch_stats.remote().result())
             start = time.perf_counter()
             lat = asyncio.run(
-                _load(base_url, ["router-mf-0.0"], prompts, args.clients, args.seconds, 4)
+                _load(base_url, ["router-gap-0.0"], prompts, args.clients, args.seconds, 4)
             )
             elapsed = time.perf_counter() - start
             after = Counter(router.batch_stats.remote().result())
             batches = after - before
-            n = len(lat["router-mf-0.0"])
+            n = len(lat["router-gap-0.0"])
             results[size] = n / elapsed
             mean = sum(k * v for k, v in batches.items()) / max(1, sum(batches.values()))
             print(
                 f"max_batch_size {size:>2}: {n / elapsed:7.1f} req/s, p50 "
-                f"{np.percentile(lat['router-mf-0.0'], 50) * 1e3:6.1f} ms, mean batch "
+                f"{np.percentile(lat['router-gap-0.0'], 50) * 1e3:6.1f} ms, mean batch "
                 f"{mean:5.1f}, batch sizes {dict(sorted(batches.items()))}"
             )
         print(f"throughput ratio, dynamic batching / batch size 1: {results[32] / results[1]:.2f}x")

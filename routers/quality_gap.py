@@ -161,6 +161,17 @@ def fit_ridge(
     return coef, y_mean - x_mean @ coef
 
 
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b through torch: numpy's BLAS keeps its own threads spinning after each call,
+    and on a small machine they steal the cores the embedder's torch threads need next
+    (measured: one-prompt calls ran 3x slower)."""
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x if x.dtype == np.float32 else x.astype(np.float32))
+
+    return tensor(a).matmul(tensor(b)).numpy()
+
+
 def knn_predict(
     queries: np.ndarray,
     bank: np.ndarray,
@@ -172,7 +183,7 @@ def knn_predict(
     k = min(k, len(bank))
     out = np.empty((len(queries), targets.shape[1]))
     for start in range(0, len(queries), QUERY_CHUNK):
-        sims = queries[start : start + QUERY_CHUNK] @ bank.T
+        sims = matmul(queries[start : start + QUERY_CHUNK], bank.T)
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         near = np.take_along_axis(sims, top, axis=1).astype(np.float64)
         mass = np.exp((near - near.max(axis=1, keepdims=True)) / temperature) * weight[top]
@@ -214,7 +225,7 @@ class Member:
         share = v.ridge_share
         total = np.zeros((len(emb), len(v.columns)))
         if share > 0:
-            ridge = _design(emb, feats, v.features) @ self.coef + self.intercept
+            ridge = matmul(_design(emb, feats, v.features), self.coef) + self.intercept
             total += share * (ridge - self.norms[:, 0]) / self.norms[:, 1]
         if share < 1:
             bank_emb, bank_targets = self._lookup(bank)
@@ -262,22 +273,28 @@ def fit_member(
     return member
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
-    """P = sigmoid(a x + b) fitted to soft labels y in [0, 1]."""
-    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    xt, yt, wt = (torch.as_tensor(a, dtype=torch.float64) for a in (x, y, weight))
+def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """P = sigmoid(a x + b) fitted to soft labels y in [0, 1], with an intercept per group.
+
+    Sources differ in how often the strong model wins at all; one shared intercept would let
+    those base rates, not the prompt, decide the slope. The returned intercept is the groups'
+    row-weighted mean."""
+    codes, names = pd.factorize(pd.Series(groups))
+    params = torch.zeros(1 + len(names), dtype=torch.float64, requires_grad=True)
+    xt, yt = (torch.as_tensor(a, dtype=torch.float64) for a in (x, y))
+    ct = torch.as_tensor(codes, dtype=torch.long)
     optimiser = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        logits = params[0] * xt + params[1]
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt, reduction="none")
-        loss = (wt * losses).sum() / wt.sum()
+        logits = params[0] * xt + params[1:][ct]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt)
         loss.backward()
         return loss
 
     optimiser.step(closure)
-    a, b = params.detach().tolist()
+    a = float(params[0].detach())
+    b = float(params[1:].detach()[ct].mean())
     return a, b
 
 
@@ -539,7 +556,7 @@ class QualityGapRouter(BaseRouter):
         # The logistic map is fitted on held-out predictions, so the probabilities are those of
         # prompts the predictors did not see.
         soft = np.clip((labels["pair_gap"].to_numpy(float) + 1) / 2, 0, 1)
-        calibration = fit_logistic(pred, soft, np.ones(len(labels)))
+        calibration = fit_logistic(pred, soft, sources)
         router = cls(
             members,
             bank,

@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 class RouterSpec(_Strict):
     """A router served as `router-<name>` (and `router-<name>-<threshold>`)."""
 
-    name: str = "mf"
+    name: str = "gap"
     path: str | None = Field(default=None, description="Router directory; None: the shipped one.")
     threshold: float | None = Field(
         default=None,

@@ -28,7 +28,7 @@ def free_port() -> int:
 def demo_config(model_dir: Path, strong_base_url: str, port: int) -> ServeConfig:
     """The shipped router, vLLM on a tiny generated model, a local stand-in for the strong API."""
     return ServeConfig(
-        routers=[RouterSpec(name="mf", aliases=["default"])],
+        routers=[RouterSpec(name="gap", aliases=["default"])],
         strong=OpenAIBackendConfig(
             model=STRONG_MODEL,
             base_url=strong_base_url,
@@ -54,7 +54,7 @@ def openai_example(base_url: str) -> str:
 
 client = OpenAI(base_url="{base_url}", api_key="unused")
 reply = client.chat.completions.with_raw_response.create(
-    model="router-default",  # or router-mf-0.3, {STRONG_MODEL}, {WEAK_MODEL}
+    model="router-default",  # or router-gap-0.3, {STRONG_MODEL}, {WEAK_MODEL}
     messages=[{{"role": "user", "content": "Prove that there are infinitely many primes."}}],
 )
 print(reply.headers["x-routeray-route"], reply.headers["x-routeray-score"])

@@ -13,13 +13,17 @@ DOCUMENT = " ".join(
 
 def test_question_at_the_end_of_a_long_prompt_changes_the_score():
     router = load_router(default_router_dir())
-    easy = f"{DOCUMENT}\n\nThanks! Could you say hello back?"
-    hard = (
-        f"{DOCUMENT}\n\nUsing the figures above, derive a closed-form expression for the "
-        "variance of the quarterly shipments and prove that it is minimised by an even split."
+    easy_question = "Thanks! Could you say hello back?"
+    hard_question = (
+        "Using the figures above, derive a closed-form expression for the variance of the "
+        "quarterly shipments and prove that it is minimised by an even split."
     )
+    easy, hard = (f"{DOCUMENT}\n\n{q}" for q in (easy_question, hard_question))
     middle_changed = easy.replace("Section 75.", "Section seventy-five.")
     scores = router.score([easy, hard, middle_changed])
+    alone = router.score([easy_question, hard_question])
     assert abs(scores[1] - scores[0]) > 1e-3, scores
+    # ...and moves it the way the question alone would.
+    assert (scores[1] > scores[0]) == (alone[1] > alone[0]), (scores, alone)
     # The window keeps the head and the tail; a change in the middle is not read at all.
     assert abs(scores[2] - scores[0]) < 1e-6, scores

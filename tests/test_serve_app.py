@@ -69,11 +69,11 @@ def ask(client: openai.OpenAI, model: str, text: str = "What is 2 + 2?", **kwarg
 
 
 def test_threshold_zero_routes_strong_and_one_routes_weak(client):
-    strong = ask(client, "router-mf-0.0")
+    strong = ask(client, "router-gap-0.0")
     assert strong.headers["x-routeray-route"] == "strong"
     assert 0.0 <= float(strong.headers["x-routeray-score"]) <= 1.0
     assert strong.parse().model == STRONG_MODEL
-    weak = ask(client, "router-mf-1.0")
+    weak = ask(client, "router-gap-1.0")
     assert weak.headers["x-routeray-route"] == "weak"
     body = weak.parse()
     assert body.model == WEAK_MODEL
@@ -81,7 +81,7 @@ def test_threshold_zero_routes_strong_and_one_routes_weak(client):
 
 
 def test_router_names_and_aliases_use_the_calibrated_threshold(client):
-    for model in ("router-mf", "router-default", "router-default-0.5"):
+    for model in ("router-gap", "router-default", "router-default-0.5"):
         reply = ask(client, model)
         score = float(reply.headers["x-routeray-score"])
         threshold = float(reply.headers["x-routeray-threshold"])
@@ -107,16 +107,16 @@ def test_the_router_reads_the_last_user_message(client):
             {"role": "user", "content": last},
         ]
         reply = client.chat.completions.with_raw_response.create(
-            model="router-mf-0.5", messages=messages, max_tokens=4
+            model="router-gap-0.5", messages=messages, max_tokens=4
         )
-        alone = ask(client, "router-mf-0.5", last)
+        alone = ask(client, "router-gap-0.5", last)
         assert reply.headers["x-routeray-score"] == alone.headers["x-routeray-score"]
         scores.append(float(alone.headers["x-routeray-score"]))
     assert scores[0] != scores[1]
 
 
 def test_streaming_sync(client):
-    for model in ("router-mf-0.0", "router-mf-1.0"):
+    for model in ("router-gap-0.0", "router-gap-1.0"):
         stream = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": "Count to three."}],
@@ -134,14 +134,14 @@ def test_async_and_concurrent_requests(endpoint):
 
             async def one(i: int) -> str:
                 reply = await aclient.chat.completions.create(
-                    model="router-mf-1.0" if i % 2 else "router-mf-0.0",
+                    model="router-gap-1.0" if i % 2 else "router-gap-0.0",
                     messages=[{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}],
                     max_tokens=4,
                 )
                 return reply.model
 
             stream = await aclient.chat.completions.create(
-                model="router-mf-1.0",
+                model="router-gap-1.0",
                 messages=[{"role": "user", "content": "hi"}],
                 max_tokens=4,
                 stream=True,
@@ -156,7 +156,7 @@ def test_async_and_concurrent_requests(endpoint):
 def test_strong_failure_falls_back_to_weak(client, endpoint):
     standin = endpoint[1]
     standin.inject("500", times=2)  # the first try and its one retry
-    reply = ask(client, "router-mf-0.0")
+    reply = ask(client, "router-gap-0.0")
     assert reply.headers["x-routeray-route"] == "weak"
     assert reply.headers["x-routeray-fallback"] == "strong-failed"
     assert reply.parse().model == WEAK_MODEL
@@ -165,7 +165,7 @@ def test_strong_failure_falls_back_to_weak(client, endpoint):
 def test_strong_failure_fallback_when_streaming(client, endpoint):
     endpoint[1].inject("503", times=2)
     stream = client.chat.completions.with_raw_response.create(
-        model="router-mf-0.0",
+        model="router-gap-0.0",
         messages=[{"role": "user", "content": "hi"}],
         max_tokens=4,
         stream=True,
@@ -192,36 +192,36 @@ def test_models_and_health(endpoint):
     base = endpoint[0]
     models = httpx.get(f"{base}/models", headers={"authorization": f"Bearer {KEY}"}).json()
     ids = {m["id"] for m in models["data"]}
-    assert {"router-mf", "router-default", STRONG_MODEL, WEAK_MODEL} <= ids
+    assert {"router-gap", "router-default", STRONG_MODEL, WEAK_MODEL} <= ids
     assert httpx.get(base.removesuffix("/v1") + "/health").json() == {"status": "ok"}
 
 
 BAD_REQUESTS = [
-    ("malformed JSON", b'{"model": "router-mf", "messages": [', 400, None),
+    ("malformed JSON", b'{"model": "router-gap", "messages": [', 400, None),
     ("not an object", b"[1, 2]", 400, None),
-    ("missing messages", {"model": "router-mf"}, 400, "messages"),
+    ("missing messages", {"model": "router-gap"}, 400, "messages"),
     ("missing model", {"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
     (
         "wrong-typed field",
         {
-            "model": "router-mf",
+            "model": "router-gap",
             "messages": [{"role": "user", "content": "hi"}],
             "temperature": "hot",
         },
         400,
         "temperature",
     ),
-    ("wrong-typed messages", {"model": "router-mf", "messages": "hi"}, 400, "messages"),
+    ("wrong-typed messages", {"model": "router-gap", "messages": "hi"}, 400, "messages"),
     (
         "unknown role",
-        {"model": "router-mf", "messages": [{"role": "wizard", "content": "hi"}]},
+        {"model": "router-gap", "messages": [{"role": "wizard", "content": "hi"}]},
         400,
         None,
     ),
-    ("empty messages", {"model": "router-mf", "messages": []}, 400, "messages"),
+    ("empty messages", {"model": "router-gap", "messages": []}, 400, "messages"),
     (
         "no user text",
-        {"model": "router-mf", "messages": [{"role": "system", "content": "be brief"}]},
+        {"model": "router-gap", "messages": [{"role": "system", "content": "be brief"}]},
         400,
         "messages",
     ),
@@ -239,25 +239,25 @@ BAD_REQUESTS = [
     ),
     (
         "threshold above 1",
-        {"model": "router-mf-1.5", "messages": [{"role": "user", "content": "hi"}]},
+        {"model": "router-gap-1.5", "messages": [{"role": "user", "content": "hi"}]},
         400,
         "model",
     ),
     (
         "threshold below 0",
-        {"model": "router-mf--0.2", "messages": [{"role": "user", "content": "hi"}]},
+        {"model": "router-gap--0.2", "messages": [{"role": "user", "content": "hi"}]},
         400,
         "model",
     ),
     (
         "threshold not a number",
-        {"model": "router-mf-abc", "messages": [{"role": "user", "content": "hi"}]},
+        {"model": "router-gap-abc", "messages": [{"role": "user", "content": "hi"}]},
         400,
         "model",
     ),
     (
         "oversized body",
-        {"model": "router-mf", "messages": [{"role": "user", "content": "x" * 70_000}]},
+        {"model": "router-gap", "messages": [{"role": "user", "content": "x" * 70_000}]},
         413,
         None,
     ),
@@ -283,7 +283,7 @@ def test_bad_requests_get_openai_errors(endpoint, case, payload, status, param):
 
 def test_bad_request_through_the_sdk(client):
     with pytest.raises(openai.BadRequestError) as info:
-        ask(client, "router-mf-2")
+        ask(client, "router-gap-2")
     assert "outside [0, 1]" in info.value.message
 
 
@@ -291,7 +291,7 @@ def test_bad_request_through_the_sdk(client):
 def test_wrong_key_is_401(endpoint, key):
     client = openai.OpenAI(base_url=endpoint[0], api_key=key, max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info:
-        ask(client, "router-mf")
+        ask(client, "router-gap")
     assert info.value.status_code == 401
     assert info.value.body["code"] == "invalid_api_key"
 
@@ -303,7 +303,7 @@ def test_missing_key_is_401(endpoint, header):
         f"{endpoint[0]}/chat/completions",
         headers=headers,
         timeout=30,
-        json={"model": "router-mf", "messages": [{"role": "user", "content": "hi"}]},
+        json={"model": "router-gap", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "authentication_error"
@@ -312,7 +312,7 @@ def test_missing_key_is_401(endpoint, header):
 def test_metrics_are_exported_through_ray(endpoint, client):
     import time
 
-    ask(client, "router-mf-0.0")
+    ask(client, "router-gap-0.0")
     wanted = [
         "routeray_requests",
         "routeray_strong_share",
@@ -340,7 +340,7 @@ def test_metrics_are_exported_through_ray(endpoint, client):
 
 def test_prompts_are_not_logged(endpoint, client):
     secret = "purple-elephant-7731"
-    ask(client, "router-mf-0.0", f"my secret is {secret}")
+    ask(client, "router-gap-0.0", f"my secret is {secret}")
     logs = Path("/tmp/ray/session_latest/logs")
     leaked = [
         p.name

@@ -40,7 +40,7 @@ def test_demo_serves_and_stops_on_ctrl_c(tmp_path: Path):
         base_url = f"http://127.0.0.1:{port}/v1"
         assert base_url in text and "from openai import OpenAI" in text
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
-        for model in ("router-default", "router-mf-0.0", "router-mf-1.0"):
+        for model in ("router-default", "router-gap-0.0", "router-gap-1.0"):
             reply = client.chat.completions.with_raw_response.create(
                 model=model, max_tokens=4, messages=[{"role": "user", "content": "hello"}]
             )

@@ -9,17 +9,17 @@ import pytest
 from serve_app.errors import APIError
 from serve_app.requests import Target, parse_chat_request, resolve_model, routing_text
 
-THRESHOLDS = {"mf": 0.4, "default": 0.4, "mf-large": 0.7}
+THRESHOLDS = {"gap": 0.4, "default": 0.4, "gap-large": 0.7}
 
 
 def test_resolve_router_names_thresholds_and_backends():
-    assert resolve_model("router-mf", THRESHOLDS, "big", "small") == Target("mf", 0.4, None)
-    assert resolve_model("router-mf-0.25", THRESHOLDS, "big", "small") == Target("mf", 0.25, None)
-    assert resolve_model("router-mf-large", THRESHOLDS, "big", "small") == Target(
-        "mf-large", 0.7, None
+    assert resolve_model("router-gap", THRESHOLDS, "big", "small") == Target("gap", 0.4, None)
+    assert resolve_model("router-gap-0.25", THRESHOLDS, "big", "small") == Target("gap", 0.25, None)
+    assert resolve_model("router-gap-large", THRESHOLDS, "big", "small") == Target(
+        "gap-large", 0.7, None
     )
-    assert resolve_model("router-mf-large-0.9", THRESHOLDS, "big", "small") == Target(
-        "mf-large", 0.9, None
+    assert resolve_model("router-gap-large-0.9", THRESHOLDS, "big", "small") == Target(
+        "gap-large", 0.9, None
     )
     assert resolve_model("big", THRESHOLDS, "big", "small") == Target(None, None, "strong")
     assert resolve_model("small", THRESHOLDS, "big", "small") == Target(None, None, "weak")
@@ -28,9 +28,9 @@ def test_resolve_router_names_thresholds_and_backends():
 @pytest.mark.parametrize(
     ("model", "status", "words"),
     [
-        ("router-mf-1.01", 400, "outside [0, 1]"),
-        ("router-mf--0.1", 400, "outside [0, 1]"),
-        ("router-mf-x", 400, "not a number"),
+        ("router-gap-1.01", 400, "outside [0, 1]"),
+        ("router-gap--0.1", 400, "outside [0, 1]"),
+        ("router-gap-x", 400, "not a number"),
         ("router-other", 404, "unknown router"),
         ("gpt-9", 404, "not found"),
     ],

@@ -86,7 +86,7 @@ def test_complete_returns_content_and_config_model(standin: StrongStandin) -> No
         backend = OpenAIAPIBackend(make_config(standin.base_url))
         try:
             return await backend.complete(
-                {"model": "router-mf", "messages": MESSAGES, "stream": True, "max_tokens": 50}
+                {"model": "router-gap", "messages": MESSAGES, "stream": True, "max_tokens": 50}
             )
         finally:
             await backend.close()
