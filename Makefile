@@ -59,6 +59,7 @@ eval: $(STAMP)
 
 bench: $(VLLM_STAMP)
 	$(PY) bench/score_speed.py
+	$(PY) bench/sw_ranking_speed.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/batch_route.py
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,7 +57,12 @@ def _params(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise _fail(f"--param takes KEY=VALUE, got {item!r}")
-        params[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            # YAML 1.1 reads 5e-5 (no dot) as a string; a learning rate is what was meant.
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        params[key.strip()] = parsed
     return params
 
 

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from routers.batching import length_batches
 from routers.embedders import default_model_path
 from routers.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
 from routers.protocol import BaseRouter
@@ -191,21 +192,7 @@ class BertRouter(BaseRouter):
         return {k: v.to(self.device, non_blocking=True) for k, v in features.items()}
 
     def _length_batches(self, lengths: np.ndarray) -> list[np.ndarray]:
-        """Indices sorted by length, cut into batches under a padded-token budget: padding
-        every prompt to the longest of a random batch wastes most of the compute."""
-        order = np.argsort(lengths, kind="stable")
-        batches, start = [], 0
-        while start < len(order):
-            end = start + 1
-            while (
-                end < len(order)
-                and end - start < self.max_batch_size
-                and (end - start + 1) * lengths[order[end]] <= self.batch_tokens
-            ):
-                end += 1
-            batches.append(order[start:end])
-            start = end
-        return batches
+        return length_batches(lengths, self.max_batch_size, self.batch_tokens)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:

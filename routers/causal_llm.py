@@ -30,7 +30,8 @@ Training on a real model, on a GPU host (the base model must be a local director
         --param base_model=/models/Meta-Llama-3-8B-Instruct \\
         --param lora=true --param dtype=bfloat16 --output out/causal
 
-Rough memory for an 8B model (bf16 weights are 16 GB):
+Memory for an 8B model, worked out from its parameter count, not measured (no GPU was lent
+to this project yet); bf16 weights are 16 GB:
   * scoring: ~17 GB of GPU memory (bf16) at batch_size 8 and 1k-token queries.
   * LoRA training: 16 GB of weights plus activations, ~40-50 GB at batch_size 8 with 1k-token
     queries; with `--param gradient_checkpointing=true` a 24 GB GPU suffices at batch_size 2-4.

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from routers.batching import length_batches
 from routers.truncation import head_tail
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -91,20 +92,7 @@ class Embedder:
         ]
 
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
-        order = np.argsort(lengths, kind="stable")
-        batches, start = [], 0
-        while start < len(order):
-            end = start + 1
-            # Sorted ascending, so the last member is the longest: the batch's padded size.
-            while (
-                end < len(order)
-                and end - start < self.max_batch_size
-                and (end - start + 1) * lengths[order[end]] <= self.batch_tokens
-            ):
-                end += 1
-            batches.append(order[start:end])
-            start = end
-        return batches
+        return length_batches(lengths, self.max_batch_size, self.batch_tokens)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:

@@ -214,11 +214,13 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0)
 
 
-# Router kind -> training options; the learned routers must also rank math above chit-chat.
+# Router kind -> training options, and whether the fixture is enough for the router to rank
+# math above chit-chat. quality_gap chooses its model on a held-out training source, and here
+# two of the three sources hold 5 prompts: its learning is tested in test_quality_gap.py.
 TRAINED_KINDS = {
     "mf": ([], True),
     "sw_ranking": ([], True),
-    "quality_gap": ([], True),
+    "quality_gap": ([], False),
     "bert": (["--param", "epochs=1", "--param", "batch_size=8"], False),
     "causal_llm": (["--param", "lora=true", "--param", "epochs=1"], False),
 }
@@ -263,6 +265,18 @@ def test_train_writes_a_loadable_decontaminated_router(
     assert 0.0 <= meta["default_threshold"] <= 1.0
     assert meta["training"]["options"] == {
         k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options if "=" in o)
+    }
+
+
+def test_param_values_keep_their_types():
+    from routeray.cli import _params
+
+    assert _params(["lr=5e-5", "epochs=2", "lora=true", "base_model=/m/x", "dims=[64, 128]"]) == {
+        "lr": 5e-5,
+        "epochs": 2,
+        "lora": True,
+        "base_model": "/m/x",
+        "dims": [64, 128],
     }
 
 
