@@ -14,23 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)  # measure the model, not a cache
 
 import numpy as np
 import torch
+from timing import timed
 
 from routers.checkpoint import default_router_dir, load_router
 from routers.mf import MFNet, MFRouter
 from routers.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.sample_prompts import generate_prompts
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

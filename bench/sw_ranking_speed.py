@@ -16,7 +16,6 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)  # measure the model, not a cache
@@ -24,6 +23,7 @@ os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)  # measure the model, not a cac
 import numpy as np
 import pandas as pd
 import torch
+from timing import timed
 
 from routers.checkpoint import save_router
 from routers.embedders import embedding_cache
@@ -65,12 +65,6 @@ def training_battles(data_dir: Path) -> tuple[pd.DataFrame, str]:
         battles = load_battles(data_dir / "train", data_dir / "eval", log=lambda s: None)
         return battles, f"real ({data_dir / 'train'}, decontaminated)"
     return synthetic_battles(), "synthetic (no data dir)"
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

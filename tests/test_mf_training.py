@@ -4,72 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from synthetic_prompts import CHAT, arithmetic_prompts
 
 from routers.checkpoint import load_router, save_router
 from routers.mf import MFRouter
 from routers.training import encode_battles
 
-_rng = np.random.default_rng(1234)
-_ARITH_TEMPLATES = [
-    "What is {a} plus {b}?",
-    "Compute {a} times {b}.",
-    "Solve for x: {a}x + {b} = {c}.",
-    "What is {a} divided by {b}, rounded to two decimals?",
-    "Calculate {a} squared minus {b}.",
-    "If a train travels {a} km in {b} hours, what is its average speed?",
-]
-_CHAT = [
-    "Hi! How was your weekend?",
-    "Tell me something fun about cats.",
-    "What's your favourite colour?",
-    "Good morning, how are you doing today?",
-    "Can you recommend a cosy movie for tonight?",
-    "I just got a puppy, any name ideas?",
-    "Say something nice to cheer me up.",
-    "What should I have for breakfast?",
-    "Do you like the rain?",
-    "Tell me a joke about penguins.",
-    "Hello there, nice to meet you!",
-    "What is a fun thing to do on a sunny day?",
-    "Which season do you like best?",
-    "Any tips for a relaxing Sunday?",
-    "Write a cheerful greeting for my friend.",
-    "What's a good snack for a road trip?",
-    "How do you say thanks in a fun way?",
-    "Give me a compliment, please.",
-    "What's a nice hobby to pick up?",
-    "Tell me about your day.",
-    "Hey, what's up?",
-    "Suggest a name for my goldfish.",
-    "What's a good song to sing in the shower?",
-    "Wish me luck for my party tonight!",
-    "What's the best pizza topping?",
-    "Say hello to my little sister.",
-    "Do you prefer cats or dogs?",
-    "What's a fun fact about pandas?",
-    "Recommend a board game for a family night.",
-    "Thanks for chatting with me!",
-    # held out below
-    "Hiya! What are you up to this evening?",
-    "Tell me something cute about otters.",
-    "What's a fun weekend plan with friends?",
-    "Good evening! How has your day been?",
-    "Can you suggest a nice name for a kitten?",
-    "What's your favourite kind of ice cream?",
-]
-
-
-def _arith(n: int) -> list[str]:
-    out = []
-    for i in range(n):
-        a, b, c = (int(x) for x in _rng.integers(3, 999, size=3))
-        out.append(_ARITH_TEMPLATES[i % len(_ARITH_TEMPLATES)].format(a=a, b=b, c=c))
-    return out
-
-
-ARITH = _arith(36)
+ARITH = arithmetic_prompts(36, np.random.default_rng(1234))
 TRAIN_ARITH, HELD_ARITH = ARITH[:30], ARITH[30:]
-TRAIN_CHAT, HELD_CHAT = _CHAT[:30], _CHAT[30:]
+TRAIN_CHAT, HELD_CHAT = CHAT[:30], CHAT[30:]
 
 
 def synthetic_battles() -> pd.DataFrame:

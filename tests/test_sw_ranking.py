@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from synthetic_prompts import CHAT, arithmetic_prompts
 
 from routers.checkpoint import load_router, save_router
 from routers.sw_ranking import (
@@ -17,56 +18,9 @@ from routers.sw_ranking import (
     score_one_by_one,
 )
 
-_rng = np.random.default_rng(42)
-_TEMPLATES = [
-    "What is {a} plus {b}?",
-    "Compute {a} times {b}.",
-    "Solve for x: {a}x + {b} = {c}.",
-    "What is {a} divided by {b}, rounded to two decimals?",
-    "Calculate {a} squared minus {b}.",
-    "If a car drives {a} km in {b} hours, what is its average speed?",
-]
-_CHAT = [
-    "Hi! How was your weekend?",
-    "Tell me something fun about cats.",
-    "What's your favourite colour?",
-    "Good morning, how are you doing today?",
-    "Can you recommend a cosy movie for tonight?",
-    "I just got a puppy, any name ideas?",
-    "Say something nice to cheer me up.",
-    "What should I have for breakfast?",
-    "Do you like the rain?",
-    "Tell me a joke about penguins.",
-    "Hello there, nice to meet you!",
-    "What is a fun thing to do on a sunny day?",
-    "Which season do you like best?",
-    "Any tips for a relaxing Sunday?",
-    "Write a cheerful greeting for my friend.",
-    "What's a good snack for a road trip?",
-    "Give me a compliment, please.",
-    "What's a nice hobby to pick up?",
-    "Hey, what's up?",
-    "Suggest a name for my goldfish.",
-    # held out below
-    "Hiya! What are you up to this evening?",
-    "Tell me something cute about otters.",
-    "What's a fun weekend plan with friends?",
-    "Good evening! How has your day been?",
-    "Can you suggest a nice name for a kitten?",
-]
-
-
-def _arith(n: int) -> list[str]:
-    out = []
-    for i in range(n):
-        a, b, c = (int(x) for x in _rng.integers(3, 999, size=3))
-        out.append(_TEMPLATES[i % len(_TEMPLATES)].format(a=a, b=b, c=c))
-    return out
-
-
-ARITH = _arith(25)
+ARITH = arithmetic_prompts(25, np.random.default_rng(42))
 TRAIN_ARITH, HELD_ARITH = ARITH[:20], ARITH[20:]
-TRAIN_CHAT, HELD_CHAT = _CHAT[:20], _CHAT[20:]
+TRAIN_CHAT, HELD_CHAT = CHAT[:20], CHAT[30:35]
 MODELS = ["mid", "other", "strong", "weak"]
 
 
