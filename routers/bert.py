@@ -55,8 +55,8 @@ from routers.embedders import default_model_path
 from routers.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
 from routers.protocol import BaseRouter
 from routers.ratings import classifier_labels
+from routers.tokens import TokenWindow
 from routers.training import grouped_split, progress, seed_everything
-from routers.truncation import head_tail
 
 LABELS: tuple[str, str, str] = ("strong", "tie", "weak")
 STRONG, TIE, WEAK = range(3)
@@ -140,16 +140,9 @@ class BertRouter(BaseRouter):
         self.tokenizer = tokenizer
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("BertRouter needs a fast (Rust) tokenizer: tokenizer.json")
-        self._backend = tokenizer.backend_tokenizer
-        self._backend.no_truncation()
-        self._backend.no_padding()
-        self._prefix, self._suffix = self._special_tokens()
         self.max_tokens = min(max_tokens, self._model_max_tokens())
         self.head_tokens = head_tokens
-        if self.max_tokens <= len(self._prefix) + len(self._suffix):
-            raise ValueError(f"max_tokens={max_tokens} leaves no room for the prompt")
-        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._wants_types = "token_type_ids" in tokenizer.model_input_names
+        self.window = TokenWindow(tokenizer, self.max_tokens, head_tokens)
 
     # -- tokens -------------------------------------------------------------------------
 
@@ -161,34 +154,13 @@ class BertRouter(BaseRouter):
             limits.append(tokenizer_max)
         return min(limits)
 
-    def _special_tokens(self) -> tuple[list[int], list[int]]:
-        # Where this tokenizer puts its special tokens ([CLS] ... [SEP], <s> ... </s>).
-        bare = self._backend.encode("routing", add_special_tokens=False).ids
-        full = self._backend.encode("routing", add_special_tokens=True).ids
-        at = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
-        return full[:at], full[at + len(bare) :]
-
     def token_ids(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids with special tokens; a prompt over the window keeps its first
         `head_tokens` and its end, where a long prompt's question usually is."""
-        body = self.max_tokens - len(self._prefix) - len(self._suffix)
-        encoded = self._backend.encode_batch(list(prompts), add_special_tokens=False)
-        return [
-            self._prefix + head_tail(enc.ids, body, self.head_tokens) + self._suffix
-            for enc in encoded
-        ]
+        return self.window.token_ids(prompts)
 
     def _collate(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """One padded batch, padded only to its own longest member."""
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, x in enumerate(ids):
-            input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[row, : len(x)] = 1
-        features = {"input_ids": input_ids, "attention_mask": mask}
-        if self._wants_types:
-            features["token_type_ids"] = torch.zeros_like(input_ids)
+        features = self.window.collate(ids)
         return {k: v.to(self.device, non_blocking=True) for k, v in features.items()}
 
     def _length_batches(self, lengths: np.ndarray) -> list[np.ndarray]:

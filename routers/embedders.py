@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from routers.batching import length_batches
-from routers.truncation import head_tail
+from routers.tokens import TokenWindow
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 CACHE_ENV = "ROUTERAY_EMBEDDING_CACHE"
@@ -64,32 +64,16 @@ class Embedder:
             self.model.get_sentence_embedding_dimension
         )
         self.dim = int(dim_of())
-        self._backend = self.tokenizer.backend_tokenizer
-        self._backend.no_truncation()
-        self._backend.no_padding()
-        self._prefix, self._suffix = self._special_tokens()
+        self.window = TokenWindow(self.tokenizer, self.max_tokens, head_tokens)
         self._lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    def _special_tokens(self) -> tuple[list[int], list[int]]:
-        # Where the model puts its special tokens ([CLS] ... [SEP], <s> ... </s>), read off
-        # one encoding so that any sentence-transformers tokenizer works.
-        bare = self._backend.encode("routing", add_special_tokens=False).ids
-        full = self._backend.encode("routing", add_special_tokens=True).ids
-        at = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
-        return full[:at], full[at + len(bare) :]
-
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids with special tokens, cut to the window as head + tail."""
-        body = self.max_tokens - len(self._prefix) - len(self._suffix)
-        encoded = self._backend.encode_batch(list(texts), add_special_tokens=False)
-        return [
-            self._prefix + head_tail(enc.ids, body, self.head_tokens) + self._suffix
-            for enc in encoded
-        ]
+        return self.window.token_ids(texts)
 
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
         return length_batches(lengths, self.max_batch_size, self.batch_tokens)
@@ -100,21 +84,11 @@ class Embedder:
         ids = self.token_ids(texts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         out = np.empty((len(ids), self.dim), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id or 0
-        wants_types = "token_type_ids" in self.tokenizer.model_input_names
         # SentenceTransformer modules are not re-entrant across threads (Serve replicas may
         # call from several); the lock costs nothing when calls are already serial.
         with self._lock, torch.inference_mode():
             for batch in self._batches(lengths):
-                width = int(lengths[batch].max())
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    input_ids[row, : lengths[i]] = torch.tensor(ids[i])
-                    mask[row, : lengths[i]] = 1
-                features = {"input_ids": input_ids, "attention_mask": mask}
-                if wants_types:
-                    features["token_type_ids"] = torch.zeros_like(input_ids)
+                features = self.window.collate([ids[i] for i in batch])
                 features = {k: v.to(self.device) for k, v in features.items()}
                 emb = self.model(features)["sentence_embedding"]
                 emb = torch.nn.functional.normalize(emb.float(), dim=-1)

@@ -18,7 +18,7 @@ def embedder() -> Embedder:
 
 
 def n_tokens(embedder: Embedder, text: str) -> int:
-    return len(embedder._backend.encode(text, add_special_tokens=False).ids)
+    return len(embedder.window.backend.encode(text, add_special_tokens=False).ids)
 
 
 # ~11 tokens per sentence, each sentence different so that no two windows look alike.
@@ -98,18 +98,19 @@ def test_token_ids_head_and_tail(embedder):
     assert n_tokens(embedder, prompt) > 2 * embedder.max_tokens  # well over the window
     (ids,) = embedder.token_ids([prompt])
     assert len(ids) == embedder.max_tokens == 256
-    full = embedder._backend.encode(prompt, add_special_tokens=False).ids
-    body = ids[len(embedder._prefix) : len(ids) - len(embedder._suffix)]
+    full = embedder.window.backend.encode(prompt, add_special_tokens=False).ids
+    body = ids[len(embedder.window.prefix) : len(ids) - len(embedder.window.suffix)]
     tail = len(body) - embedder.head_tokens
     assert body == full[: embedder.head_tokens] + full[-tail:]
-    assert ids[: len(embedder._prefix)] == embedder._prefix
-    assert ids[len(ids) - len(embedder._suffix) :] == embedder._suffix
+    assert ids[: len(embedder.window.prefix)] == embedder.window.prefix
+    assert ids[len(ids) - len(embedder.window.suffix) :] == embedder.window.suffix
     # A short prompt is left whole.
     short = "What is 2 + 2?"
+    window = embedder.window
     assert (
         embedder.token_ids([short])[0]
-        == (embedder._prefix + embedder._backend.encode(short, add_special_tokens=False).ids)
-        + embedder._suffix
+        == (window.prefix + window.backend.encode(short, add_special_tokens=False).ids)
+        + window.suffix
     )
 
 
