@@ -270,6 +270,7 @@ def evaluate(
         plot_curves,
     )
 
+    options = _params(param)
     with _cache(embedding_cache, no_embedding_cache):
         names = [*routers, *ctx.args]
         try:
@@ -299,7 +300,7 @@ def evaluate(
             curves[name], metrics[name] = curve, result.to_dict()
         if cross_fit:
             name, scores = _cross_fit(
-                benchmark, df, cross_fit, router_kind, train_dir, data_dir, seed, _params(param)
+                benchmark, df, cross_fit, router_kind, train_dir, data_dir, seed, options
             )
             curve, result = evaluate_scores(scores, weak, strong)
             curves[name], metrics[name] = curve, result.to_dict()

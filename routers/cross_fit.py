@@ -14,17 +14,8 @@ import numpy as np
 import pandas as pd
 
 from routers.protocol import BaseRouter
+from routers.training import prompt_folds
 from routers.training_tables import golden_table
-
-
-def prompt_folds(prompts: pd.Series, folds: int, seed: int) -> np.ndarray:
-    """A fold per row; rows with the same prompt text share a fold."""
-    if folds < 2:
-        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
-    codes, uniques = pd.factorize(prompts)
-    if len(uniques) < folds:
-        raise ValueError(f"{len(uniques)} distinct prompts cannot fill {folds} folds")
-    return np.random.default_rng(seed).permutation(len(uniques))[codes] % folds
 
 
 def cross_fit_scores(

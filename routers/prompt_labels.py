@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,14 +29,41 @@ from routers.training_data import (
     ARENA_FILE,
     MMLU_PRO_FILE,
     _require,
-    eval_prompts,
-    fold_text,
+    decontaminate,
 )
 
 LABELS = ("all_fail", "mid_fail", "top_minus_all", "top_minus_mid", "pair_gap")
 LABEL_COLUMNS = ["prompt", "source", "weak_q", "strong_q", *LABELS]
 TOP_MODELS = 3
 MID_MODELS = 6
+
+
+def _label_frame(
+    prompts: Any,
+    source: str,
+    weak_q: Any,
+    strong_q: Any,
+    *,
+    all_fail: Any,
+    mid_fail: Any,
+    top_minus_all: Any,
+    top_minus_mid: Any,
+) -> pd.DataFrame:
+    """One source's rows in `LABEL_COLUMNS` order; `pair_gap` follows from the pair."""
+    weak_q, strong_q = (np.asarray(q, dtype=float) for q in (weak_q, strong_q))
+    return pd.DataFrame(
+        {
+            "prompt": np.asarray(prompts),
+            "source": source,
+            "weak_q": weak_q,
+            "strong_q": strong_q,
+            "all_fail": np.asarray(all_fail, dtype=float),
+            "mid_fail": np.asarray(mid_fail, dtype=float),
+            "top_minus_all": np.asarray(top_minus_all, dtype=float),
+            "top_minus_mid": np.asarray(top_minus_mid, dtype=float),
+            "pair_gap": strong_q - weak_q,
+        }
+    )
 
 
 def labels_from_quality(
@@ -57,19 +85,16 @@ def labels_from_quality(
     every = np.nanmean(q, axis=1)
     best = quality[top].mean(axis=1).to_numpy()
     mid = quality[nearest].mean(axis=1).to_numpy()
-    frame = pd.DataFrame(
-        {
-            "prompt": prompts.to_numpy(),
-            "source": source,
-            "weak_q": quality[weak_model].to_numpy(dtype=float),
-            "strong_q": quality[strong].to_numpy(dtype=float),
-            "all_fail": 1 - every,
-            "mid_fail": 1 - mid,
-            "top_minus_all": best - every,
-            "top_minus_mid": best - mid,
-        }
+    frame = _label_frame(
+        prompts.to_numpy(),
+        source,
+        quality[weak_model],
+        quality[strong],
+        all_fail=1 - every,
+        mid_fail=1 - mid,
+        top_minus_all=best - every,
+        top_minus_mid=best - mid,
     )
-    frame["pair_gap"] = frame["strong_q"] - frame["weak_q"]
     return frame.dropna(subset=["weak_q", "strong_q"]).reset_index(drop=True)
 
 
@@ -99,21 +124,17 @@ def alpaca_labels(data_dir: Path) -> pd.DataFrame:
     df = df.assign(ref_wins=2.0 - df["preference"], model=df["model_b"].map(normalize_model_name))
     everyone = df.groupby("prompt")["ref_wins"].mean()
     pair = df[df["model"] == WEAK_MODEL].groupby("prompt")["ref_wins"].mean()
-    wins = everyone.loc[pair.index]
-    frame = pd.DataFrame(
-        {
-            "prompt": pair.index.to_numpy(),
-            "source": "alpaca_eval",
-            "weak_q": 1.0 - pair.to_numpy(),
-            "strong_q": pair.to_numpy(),
-            "all_fail": wins.to_numpy(),
-            "mid_fail": wins.to_numpy(),
-            "top_minus_all": 2 * wins.to_numpy() - 1,
-            "top_minus_mid": 2 * wins.to_numpy() - 1,
-        }
+    wins = everyone.loc[pair.index].to_numpy()
+    return _label_frame(
+        pair.index.to_numpy(),
+        "alpaca_eval",
+        1.0 - pair.to_numpy(),
+        pair.to_numpy(),
+        all_fail=wins,
+        mid_fail=wins,
+        top_minus_all=2 * wins - 1,
+        top_minus_mid=2 * wins - 1,
     )
-    frame["pair_gap"] = frame["strong_q"] - frame["weak_q"]
-    return frame
 
 
 def golden_labels(
@@ -125,18 +146,15 @@ def golden_labels(
     weak_q = np.asarray(weak_q, dtype=float)
     strong_q = np.asarray(strong_q, dtype=float)
     gap = strong_q - weak_q
-    return pd.DataFrame(
-        {
-            "prompt": np.asarray(prompts),
-            "source": source,
-            "weak_q": weak_q,
-            "strong_q": strong_q,
-            "all_fail": 1 - weak_q,
-            "mid_fail": 1 - weak_q,
-            "top_minus_all": gap,
-            "top_minus_mid": gap,
-            "pair_gap": gap,
-        }
+    return _label_frame(
+        prompts,
+        source,
+        weak_q,
+        strong_q,
+        all_fail=1 - weak_q,
+        mid_fail=1 - weak_q,
+        top_minus_all=gap,
+        top_minus_mid=gap,
     )
 
 
@@ -153,10 +171,7 @@ def load_prompt_labels(
         ignore_index=True,
     )
     if eval_dir is not None:
-        hit = frame["prompt"].map(fold_text).isin(eval_prompts(Path(eval_dir)))
-        for source, count in frame.loc[hit, "source"].value_counts().items():
-            log(f"decontamination: {source}: dropped {count} prompts")
-        frame = frame[~hit].reset_index(drop=True)
+        frame = decontaminate(frame, Path(eval_dir), log, rows="labelled prompts")
     log(
         "prompt labels: " + ", ".join(f"{s} {n}" for s, n in frame["source"].value_counts().items())
     )

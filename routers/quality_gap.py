@@ -37,11 +37,12 @@ import pandas as pd
 import torch
 
 from routers.embedders import get_embedder
-from routers.evaluation import apgr, cost_quality_curve
+from routers.evaluation import evaluate_scores
 from routers.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.prompt_features import prompt_features
 from routers.prompt_labels import LABELS
 from routers.protocol import BaseRouter
+from routers.training import prompt_folds
 from routers.training_tables import GOLDEN_PREFIX
 
 LABEL_SETS = {
@@ -220,53 +221,57 @@ class Member:
             return bank.embeddings, bank.targets[:, self.variant.columns]
         return bank.embeddings[self.rows], bank.targets[self.rows][:, self.variant.columns]
 
-    def predict(self, emb: np.ndarray, feats: np.ndarray, bank: Bank | None) -> np.ndarray:
+    def ridge(self, emb: np.ndarray, feats: np.ndarray | None) -> np.ndarray:
+        return matmul(_design(emb, feats, self.variant.features), self.coef) + self.intercept
+
+    def knn(self, emb: np.ndarray, bank: Bank) -> np.ndarray:
+        bank_emb, bank_targets = self._lookup(bank)
         v = self.variant
-        share = v.ridge_share
-        total = np.zeros((len(emb), len(v.columns)))
+        return knn_predict(emb, bank_emb, bank_targets, self.row_weight, v.k, v.temperature)
+
+    def predict(self, emb: np.ndarray, feats: np.ndarray | None, bank: Bank | None) -> np.ndarray:
+        share = self.variant.ridge_share
+        total = np.zeros((len(emb), len(self.variant.columns)))
         if share > 0:
-            ridge = matmul(_design(emb, feats, v.features), self.coef) + self.intercept
-            total += share * (ridge - self.norms[:, 0]) / self.norms[:, 1]
+            total += share * (self.ridge(emb, feats) - self.norms[:, 0]) / self.norms[:, 1]
         if share < 1:
-            bank_emb, bank_targets = self._lookup(bank)
-            knn = knn_predict(emb, bank_emb, bank_targets, self.row_weight, v.k, v.temperature)
-            total += (1 - share) * (knn - self.norms[:, 2]) / self.norms[:, 3]
+            total += (1 - share) * (self.knn(emb, bank) - self.norms[:, 2]) / self.norms[:, 3]
         return (total.mean(axis=1) - self.output[0]) / self.output[1]
 
 
-def _design(emb: np.ndarray, feats: np.ndarray, use: bool) -> np.ndarray:
-    return np.hstack([emb, FEATURE_SCALE * feats]) if use else emb
+def _design(emb: np.ndarray, feats: np.ndarray | None, use: bool) -> np.ndarray:
+    if not use:
+        return emb
+    if feats is None:
+        raise ValueError("this member reads surface features: pass prompt_features(prompts)")
+    return np.hstack([emb, FEATURE_SCALE * feats])
 
 
-def fit_member(
-    variant: Variant, emb: np.ndarray, feats: np.ndarray, targets: np.ndarray, weight: np.ndarray
-) -> Member:
-    """Fit on the rows with positive weight; `emb` and `targets` (all labels) are the bank."""
+def fit_member(variant: Variant, bank: Bank, feats: np.ndarray, weight: np.ndarray) -> Member:
+    """Fit on the bank's rows with positive weight (`bank.targets` holds every label)."""
+    emb = bank.embeddings
     rows = np.flatnonzero(weight > 0)
-    y = targets[rows][:, variant.columns]
     n = len(variant.columns)
     member = Member(
         variant, None, None, np.tile([0.0, 1.0, 0.0, 1.0], (n, 1)), np.array([0.0, 1.0])
     )
     if variant.ridge_share > 0:
         member.coef, member.intercept = fit_ridge(
-            _design(emb[rows], feats[rows], variant.features), y, weight[rows], variant.alpha
+            _design(emb[rows], feats[rows], variant.features),
+            bank.targets[rows][:, variant.columns],
+            weight[rows],
+            variant.alpha,
         )
     if variant.ridge_share < 1:
         member.rows, member.row_weight = rows.astype(np.int64), weight[rows].astype(np.float64)
-    bank = Bank(emb, targets)
     # Scales from a fixed sample of training rows. A kNN prediction of a training row includes
     # that row, which inflates its spread a little, equally for every label.
     sample = rows[np.random.default_rng(0).permutation(len(rows))[:NORM_SAMPLE]]
     if variant.ridge_share > 0:
-        ridge = _design(emb[sample], feats[sample], variant.features) @ member.coef
-        ridge += member.intercept
+        ridge = member.ridge(emb[sample], feats[sample])
         member.norms[:, 0], member.norms[:, 1] = ridge.mean(0), ridge.std(0) + 1e-9
     if variant.ridge_share < 1:
-        bank_emb, bank_targets = member._lookup(bank)
-        knn = knn_predict(
-            emb[sample], bank_emb, bank_targets, member.row_weight, variant.k, variant.temperature
-        )
+        knn = member.knn(emb[sample], bank)
         member.norms[:, 2], member.norms[:, 3] = knn.mean(0), knn.std(0) + 1e-9
     out = member.predict(emb[sample], feats[sample], bank)
     member.output = np.array([out.mean(), out.std() + 1e-9])
@@ -298,19 +303,13 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[floa
     return a, b
 
 
-def fold_ids(prompts: pd.Series, folds: int, seed: int) -> np.ndarray:
-    """A fold per row, with every copy of a prompt in one fold."""
-    codes, uniques = pd.factorize(prompts)
-    return np.random.default_rng(seed).permutation(len(uniques))[codes] % folds
-
-
 def held_out_splits(
     prompts: pd.Series, sources: np.ndarray, golden: np.ndarray, folds: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) row masks: K folds of the golden rows (every other row always trains),
     or, without golden rows, one whole training source held out at a time."""
     if golden.any():
-        fold = fold_ids(prompts, folds, seed)
+        fold = prompt_folds(prompts, folds, seed)
         return [(~(golden & (fold == f)), golden & (fold == f)) for f in range(folds)]
     return [(sources != s, sources == s) for s in np.unique(sources)]
 
@@ -325,11 +324,6 @@ def _judged_sources(sources: np.ndarray, golden: np.ndarray) -> list[str]:
     names, counts = np.unique(pool, return_counts=True)
     large = names[counts >= MIN_JUDGED_ROWS]
     return [str(s) for s in (large if len(large) else names)]
-
-
-def _apgr(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> float:
-    curve = cost_quality_curve(scores, weak, strong)
-    return float(apgr(curve, weak.mean(), strong.mean()))
 
 
 @dataclass
@@ -377,19 +371,29 @@ class QualityGapRouter(BaseRouter):
             self._embedder = get_embedder(**self.embedder_config)
         return self._embedder
 
+    @property
+    def uses_features(self) -> bool:
+        return any(m.variant.features and m.variant.ridge_share > 0 for m in self.members)
+
     def score(self, prompts: Sequence[str]) -> np.ndarray:
         prompts = list(prompts)
         to_text = TEXT_MODES[self.text]
         embeddings = self.embedder.encode([to_text(p) for p in prompts])
-        return self.score_embeddings(embeddings, prompt_features(prompts))
+        # Surface features cost a regex pass per prompt: only when a member reads them.
+        raw_features = prompt_features(prompts) if self.uses_features else None
+        return self.score_embeddings(embeddings, raw_features)
 
-    def gap(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
+    def gap(self, embeddings: np.ndarray, raw_features: np.ndarray | None) -> np.ndarray:
         """The standardised predicted quality gap (higher: the strong model helps more)."""
-        feats = (raw_features - self.feature_mean) / self.feature_std
+        feats = None
+        if raw_features is not None:
+            feats = (raw_features - self.feature_mean) / self.feature_std
         emb = np.asarray(embeddings, dtype=np.float32)
         return np.mean([m.predict(emb, feats, self.bank) for m in self.members], axis=0)
 
-    def score_embeddings(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
+    def score_embeddings(
+        self, embeddings: np.ndarray, raw_features: np.ndarray | None = None
+    ) -> np.ndarray:
         a, b = self.calibration
         return 1.0 / (1.0 + np.exp(-(a * self.gap(embeddings, raw_features) + b)))
 
@@ -504,10 +508,10 @@ class QualityGapRouter(BaseRouter):
             return np.where(golden, 1.0, variant.other_weight)
 
         def judge(pred: np.ndarray) -> tuple[float, dict[str, float]]:
-            by_source = {
-                s: _apgr(pred[sources == s], weak_q[sources == s], strong_q[sources == s])
-                for s in judged
-            }
+            by_source = {}
+            for s in judged:
+                rows = sources == s
+                by_source[s] = evaluate_scores(pred[rows], weak_q[rows], strong_q[rows])[1].apgr
             return float(np.mean(list(by_source.values()))), by_source
 
         candidates: list[_Candidate] = []
@@ -520,10 +524,9 @@ class QualityGapRouter(BaseRouter):
                 pred = np.zeros(len(labels))
                 w = weights(variant)
                 for train, test in splits:
-                    member = fit_member(variant, emb[train], feats[train], targets[train], w[train])
-                    pred[test] = member.predict(
-                        emb[test], feats[test], Bank(emb[train], targets[train])
-                    )
+                    bank = Bank(emb[train], targets[train])
+                    member = fit_member(variant, bank, feats[train], w[train])
+                    pred[test] = member.predict(emb[test], feats[test], bank)
                 criterion, by_source = judge(pred)
                 candidates.append(_Candidate(text, variant, pred, criterion, by_source))
                 log(
@@ -551,8 +554,9 @@ class QualityGapRouter(BaseRouter):
         )
 
         emb = embedded[text]
-        members = [fit_member(c.variant, emb, feats, targets, weights(c.variant)) for c in chosen]
-        bank = Bank(emb, targets) if any(m.rows is not None for m in members) else None
+        full = Bank(emb, targets)
+        members = [fit_member(c.variant, full, feats, weights(c.variant)) for c in chosen]
+        bank = full if any(m.rows is not None for m in members) else None
         # The logistic map is fitted on held-out predictions, so the probabilities are those of
         # prompts the predictors did not see.
         soft = np.clip((labels["pair_gap"].to_numpy(float) + 1) / 2, 0, 1)

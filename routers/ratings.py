@@ -128,17 +128,12 @@ def classifier_labels(
         f"{weak_model} tier {model_tiers.get(weak_model, '-')}"
     )
     a, b = battles["model_a"], battles["model_b"]
-    a_strong = (a == strong_model) & (b == weak_model)
-    b_strong = (a == weak_model) & (b == strong_model)
-    pair = a_strong | b_strong
+    pair = ((a == strong_model) & (b == weak_model)) | ((a == weak_model) & (b == strong_model))
     parts = [strong_weak_labels(battles[~pair] if pair_battles else battles, model_tiers)]
     if pair_battles and pair.any():
-        direct = battles[pair].copy()
-        winner, flip = direct["winner"].to_numpy(), b_strong[pair].to_numpy()
-        strong_won = np.where(flip, winner == "b", winner == "a")
-        weak_won = np.where(flip, winner == "a", winner == "b")
-        direct["label"] = np.select([strong_won, weak_won], ["strong", "weak"], "tie")
-        parts.append(direct[["prompt", "label", "source", "weight"]])
+        # Oriented by name: a two-tier table of just the pair.
+        by_name = pd.Series({strong_model: 1, weak_model: 2})
+        parts.append(strong_weak_labels(battles[pair], by_name))
         log(f"{int(pair.sum())} battles of {strong_model} vs {weak_model} labelled directly")
     if not any(len(p) for p in parts):
         raise ValueError(

@@ -30,6 +30,16 @@ def grouped_split(prompts: pd.Series, holdout: float, seed: int) -> tuple[np.nda
     return ~validation, validation
 
 
+def prompt_folds(prompts: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """A fold per row; rows with the same prompt text share a fold."""
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    codes, uniques = pd.factorize(prompts)
+    if len(uniques) < folds:
+        raise ValueError(f"{len(uniques)} distinct prompts cannot fill {folds} folds")
+    return np.random.default_rng(seed).permutation(len(uniques))[codes] % folds
+
+
 @dataclass
 class EncodedBattles:
     """Battles as index tensors over a table of unique prompts and models."""

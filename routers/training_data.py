@@ -122,9 +122,13 @@ def eval_prompts(eval_dir: Path) -> set[str]:
 
 
 def decontaminate(
-    battles: pd.DataFrame, eval_dir: Path, log: Callable[[str], None] = print
+    battles: pd.DataFrame,
+    eval_dir: Path,
+    log: Callable[[str], None] = print,
+    rows: str = "battles",
 ) -> pd.DataFrame:
-    """Drop battles whose prompt equals an eval prompt after whitespace and case folding."""
+    """Drop rows (battles, or whatever `rows` names) whose prompt equals an eval prompt after
+    whitespace and case folding; any frame with `prompt` and `source` columns will do."""
     banned = eval_prompts(eval_dir)
     folded = battles["prompt"].map(fold_text)
     hit = folded.isin(banned)
@@ -135,7 +139,7 @@ def decontaminate(
         .items()
     ):
         prompts = battles.loc[hit & (battles["source"] == source), "prompt"].nunique()
-        log(f"decontamination: {source}: dropped {count} battles ({prompts} prompts)")
+        log(f"decontamination: {source}: dropped {count} {rows} ({prompts} prompts)")
     return battles[~hit].reset_index(drop=True)
 
 

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from routers.checkpoint import load_router, save_router
-from routers.cross_fit import cross_fit_scores, prompt_folds
+from routers.cross_fit import cross_fit_scores
 from routers.prompt_labels import LABEL_COLUMNS, golden_labels, labels_from_quality
 from routers.protocol import BaseRouter
 from routers.quality_gap import QualityGapRouter, Variant, default_grid, question_stem
+from routers.training import prompt_folds
 from routers.training_tables import golden_table
 
 HARD = [
