@@ -137,6 +137,37 @@ def test_eval_writes_metrics_and_plot(tmp_path: Path, tiny_router_dir: Path):
     assert (out / "mmlu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _cross_fit_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    data, train = tmp_path / "eval", tmp_path / "train"
+    _write_benchmark(data)
+    for name in ("mt_bench", "gsm8k"):  # decontamination reads every benchmark's prompts
+        pd.DataFrame({"prompt": ["unrelated"]}).to_parquet(data / f"{name}.parquet")
+    _write_training_sources(train)
+    return data, train
+
+
+def test_eval_cross_fit_adds_a_row_scored_out_of_fold(tmp_path: Path):
+    data, train = _cross_fit_dirs(tmp_path)
+    out = tmp_path / "result"
+    args = ["--benchmark", "mmlu", "--routers", "random", "--data-dir", data]
+    args += ["--train-dir", train, "--output", out, "--no-embedding-cache"]
+    result = invoke("eval", *args, "--cross-fit", "3", "--router-kind", "sw_ranking")
+    assert result.exit_code == 0, result.output
+    assert "sw_ranking trained 3 times" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"random", "sw_ranking cross-fit 3"}
+
+
+def test_eval_cross_fit_with_one_fold_fails_clearly(tmp_path: Path):
+    data, train = _cross_fit_dirs(tmp_path)
+    args = ["--benchmark", "mmlu", "--routers", "random", "--data-dir", data, "--train-dir", train]
+    result = invoke(
+        "eval", *args, "--output", tmp_path / "r", "--cross-fit", "1", "--router-kind", "mf"
+    )
+    assert result.exit_code == 2
+    assert "at least 2 folds" in result.output
+
+
 def test_eval_unknown_benchmark_fails_clearly(tmp_path: Path):
     result = invoke(
         "eval",
@@ -278,6 +309,20 @@ def test_param_values_keep_their_types():
         "base_model": "/m/x",
         "dims": [64, 128],
     }
+
+
+def test_train_option_the_router_lacks_fails_clearly(tmp_path: Path):
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    _write_training_sources(train_dir)
+    eval_dir.mkdir()
+    for name in ("mt_bench", "mmlu", "gsm8k"):
+        pd.DataFrame({"prompt": ["other"]}).to_parquet(eval_dir / f"{name}.parquet")
+    args = ["--data-dir", train_dir, "--eval-dir", eval_dir, "--output", tmp_path / "r"]
+    result = invoke("train", "--router", "mf", *args, "--param", "wings=2")
+    assert result.exit_code == 2
+    assert "router 'mf' does not take these options" in result.output
+    assert "wings" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_param_must_be_key_value(tmp_path: Path):

@@ -256,3 +256,10 @@ def test_cache_reload_with_keys_ending_in_a_zero_byte(tmp_path):
     assert second.calls == []
     reloaded.encode(["a new prompt"])  # and the cache can still be extended and saved
     assert second.calls == [["a new prompt"]]
+
+
+def test_a_window_too_small_for_the_special_tokens_is_refused(embedder: Embedder):
+    from routers.tokens import TokenWindow
+
+    with pytest.raises(ValueError, match="leaves no room for the prompt"):
+        TokenWindow(embedder.tokenizer, len(embedder.window.prefix + embedder.window.suffix), 1)
