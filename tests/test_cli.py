@@ -238,6 +238,18 @@ def _write_training_sources(directory: Path) -> None:
     ).to_parquet(directory / "mmlu_pro_correctness.parquet")
 
 
+def _training_dirs(tmp_path: Path, mmlu_prompt: str = "unrelated") -> tuple[Path, Path]:
+    """Training sources, and eval sets that decontamination reads (one prompt each; MMLU's
+    may be made to equal a training prompt)."""
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    _write_training_sources(train_dir)
+    eval_dir.mkdir()
+    for name in ("mt_bench", "mmlu", "gsm8k"):
+        prompt = mmlu_prompt if name == "mmlu" else "unrelated"
+        pd.DataFrame({"prompt": [prompt]}).to_parquet(eval_dir / f"{name}.parquet")
+    return train_dir, eval_dir
+
+
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from serve_app.tiny_model import build_tiny_model
@@ -261,13 +273,7 @@ TRAINED_KINDS = {
 def test_train_writes_a_loadable_decontaminated_router(
     tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ):
-    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
-    _write_training_sources(train_dir)
-    eval_dir.mkdir()
-    for name in ("mt_bench", "mmlu", "gsm8k"):
-        pd.DataFrame(
-            {"prompt": ["an EVAL prompt  that leaked" if name == "mmlu" else "other"]}
-        ).to_parquet(eval_dir / f"{name}.parquet")
+    train_dir, eval_dir = _training_dirs(tmp_path, "an EVAL prompt  that leaked")
     out = tmp_path / "router"
     options, learns = TRAINED_KINDS[kind]
     if kind == "causal_llm":
@@ -312,11 +318,7 @@ def test_param_values_keep_their_types():
 
 
 def test_train_option_the_router_lacks_fails_clearly(tmp_path: Path):
-    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
-    _write_training_sources(train_dir)
-    eval_dir.mkdir()
-    for name in ("mt_bench", "mmlu", "gsm8k"):
-        pd.DataFrame({"prompt": ["other"]}).to_parquet(eval_dir / f"{name}.parquet")
+    train_dir, eval_dir = _training_dirs(tmp_path)
     args = ["--data-dir", train_dir, "--eval-dir", eval_dir, "--output", tmp_path / "r"]
     result = invoke("train", "--router", "mf", *args, "--param", "wings=2")
     assert result.exit_code == 2
@@ -356,11 +358,7 @@ def test_train_without_eval_data_refuses(tmp_path: Path):
 
 
 def test_ratings_rank_the_model_that_wins_first(tmp_path: Path):
-    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
-    _write_training_sources(train_dir)
-    eval_dir.mkdir()
-    for name in ("mt_bench", "mmlu", "gsm8k"):
-        pd.DataFrame({"prompt": ["unrelated"]}).to_parquet(eval_dir / f"{name}.parquet")
+    train_dir, eval_dir = _training_dirs(tmp_path)
     result = invoke("ratings", "--data-dir", train_dir, "--eval-dir", eval_dir, "--tiers", "2")
     assert result.exit_code == 0, result.output
     table = [line.split() for line in result.output.splitlines() if line[:4].strip().isdigit()]
