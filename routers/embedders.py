@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,6 +162,17 @@ def get_embedder(
     embedder = _shared_embedder(model_path, max_tokens, head_tokens)
     cache_dir = os.environ.get(CACHE_ENV)
     return CachedEmbedder(embedder, cache_dir) if cache_dir else embedder
+
+
+class LazyEmbedder:
+    """For routers that embed prompts with `get_embedder(**self.embedder_config)`: the model
+    loads on first use, so reading a checkpoint (or its config alone) loads no model."""
+
+    embedder_config: dict[str, Any]
+
+    @functools.cached_property
+    def embedder(self) -> Embedder | CachedEmbedder:
+        return get_embedder(**self.embedder_config)
 
 
 @contextlib.contextmanager

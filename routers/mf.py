@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from routers.embedders import get_embedder
-from routers.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
+from routers.embedders import LazyEmbedder, get_embedder
+from routers.model_names import STRONG_MODEL, WEAK_MODEL, model_index
 from routers.protocol import BaseRouter
 from routers.training import (
     EncodedBattles,
@@ -57,7 +57,7 @@ class MFNet(nn.Module):
         return u.detach(), float(c.detach())
 
 
-class MFRouter(BaseRouter):
+class MFRouter(LazyEmbedder, BaseRouter):
     kind = "mf"
 
     def __init__(
@@ -74,29 +74,13 @@ class MFRouter(BaseRouter):
         self.models = list(models)
         self.embedder_config = dict(embedder or {})
         self.hyperparameters = dict(hyperparameters or {})
-        self.strong_model = self._model_index(strong_model)
-        self.weak_model = self._model_index(weak_model)
+        self.strong_model = model_index(self.models, strong_model)
+        self.weak_model = model_index(self.models, weak_model)
         self._direction, self._offset = net.pair_direction(self.strong_model, self.weak_model)
-        self._embedder = None
-
-    def _model_index(self, name: str) -> int:
-        normal = normalize_model_name(name)
-        if normal not in self.models:
-            raise ValueError(
-                f"model {name!r} was not in this router's training data; "
-                f"choose among: {', '.join(self.models)}"
-            )
-        return self.models.index(normal)
 
     @property
     def pair(self) -> tuple[str, str]:
         return self.models[self.strong_model], self.models[self.weak_model]
-
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            self._embedder = get_embedder(**self.embedder_config)
-        return self._embedder
 
     def score(self, prompts: Sequence[str]) -> np.ndarray:
         return self.score_embeddings(self.embedder.encode(prompts))

@@ -28,3 +28,14 @@ def normalize_model_name(name: str) -> str:
     n = re.sub(r"^gpt35(?=-|$)", "gpt-3.5", n)
     n = re.sub(r"^gpt4(?=-|$)", "gpt-4", n)
     return _ALIASES.get(n, n)
+
+
+def model_index(models: list[str], name: str) -> int:
+    """Where `name` (any spelling) stands in a router's trained model list."""
+    normal = normalize_model_name(name)
+    if normal not in models:
+        raise ValueError(
+            f"model {name!r} was not in this router's training data; "
+            f"choose among: {', '.join(models)}"
+        )
+    return models.index(normal)

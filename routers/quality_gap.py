@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from routers.embedders import get_embedder
+from routers.embedders import LazyEmbedder, get_embedder
 from routers.evaluation import evaluate_scores
 from routers.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.prompt_features import prompt_features
@@ -335,7 +335,7 @@ class _Candidate:
     by_source: dict[str, float]
 
 
-class QualityGapRouter(BaseRouter):
+class QualityGapRouter(LazyEmbedder, BaseRouter):
     kind = "quality_gap"
     trains_on: ClassVar[str] = "prompt_labels"
 
@@ -363,13 +363,6 @@ class QualityGapRouter(BaseRouter):
         self.weak_model = weak_model
         self.embedder_config = dict(embedder or {})
         self.hyperparameters = dict(hyperparameters or {})
-        self._embedder = None
-
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            self._embedder = get_embedder(**self.embedder_config)
-        return self._embedder
 
     @property
     def uses_features(self) -> bool:

@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from routers.embedders import get_embedder
-from routers.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
+from routers.embedders import LazyEmbedder, get_embedder
+from routers.model_names import STRONG_MODEL, WEAK_MODEL, model_index
 from routers.protocol import BaseRouter
 from routers.ratings import WINNER_TARGET
 
@@ -255,17 +255,7 @@ class _Problem:
         return t
 
 
-def model_index(models: list[str], name: str) -> int:
-    normal = normalize_model_name(name)
-    if normal not in models:
-        raise ValueError(
-            f"model {name!r} was not in this router's training data; "
-            f"choose among: {', '.join(models)}"
-        )
-    return models.index(normal)
-
-
-class SWRankingRouter(BaseRouter):
+class SWRankingRouter(LazyEmbedder, BaseRouter):
     """Scores a query by a Bradley-Terry fit over every training battle, weighted by how
     similar the battle's prompt is to the query; the weighting is chosen at inference time."""
 
@@ -298,17 +288,10 @@ class SWRankingRouter(BaseRouter):
         n = stats.n_pairs
         totals = self._stats.sum(0, keepdim=True)
         self._start = self._fit(totals[:, :n], totals[:, n:])
-        self._embedder = None
 
     @property
     def pair(self) -> tuple[str, str]:
         return self.models[self.strong_model], self.models[self.weak_model]
-
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            self._embedder = get_embedder(**self.embedder_config)
-        return self._embedder
 
     def _fit(
         self, wins: torch.Tensor, games: torch.Tensor, init: torch.Tensor | None = None
