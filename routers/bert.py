@@ -54,11 +54,10 @@ from routers.batching import length_batches
 from routers.embedders import default_model_path
 from routers.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
 from routers.protocol import BaseRouter
-from routers.ratings import classifier_labels
+from routers.ratings import LABELS, aggregate_labels, classifier_labels
 from routers.tokens import TokenWindow
 from routers.training import grouped_split, progress, seed_everything
 
-LABELS: tuple[str, str, str] = ("strong", "tie", "weak")
 STRONG, TIE, WEAK = range(3)
 POOLINGS = ("mean", "cls")
 # Training batches are length-sorted within pools of this many batches (see _train_batches).
@@ -488,20 +487,6 @@ class BertRouter(BaseRouter):
             "history": history,
         }
         return router
-
-
-def aggregate_labels(labelled: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Unique prompts (first-seen order), each one's weighted label distribution (n, 3) over
-    `LABELS`, and its total weight: sum_i w_i CE(y_i) = W * CE(distribution) per prompt."""
-    codes, prompts = pd.factorize(labelled["prompt"])
-    label = pd.Index(LABELS).get_indexer(labelled["label"])
-    if (label < 0).any():
-        raise ValueError(f"labels must be in {LABELS}")
-    mass = np.zeros((len(prompts), len(LABELS)))
-    np.add.at(mass, (codes, label), labelled["weight"].to_numpy(dtype=np.float64))
-    total = mass.sum(1)
-    keep = total > 0
-    return list(prompts[keep]), mass[keep] / total[keep, None], total[keep]
 
 
 def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,7 @@ import torch
 
 from routers.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
 from routers.protocol import BaseRouter
-from routers.ratings import classifier_labels
+from routers.ratings import LABELS, aggregate_labels, classifier_labels
 from routers.training import grouped_split, progress, seed_everything
 from routers.truncation import head_tail
 
@@ -691,18 +691,11 @@ class CausalLLMRouter(BaseRouter):
 def prompt_targets(labels: pd.DataFrame) -> pd.DataFrame:
     """One row per prompt: the weighted mean target over scores 1..5 of its battles, and
     their total weight. Weighted cross-entropy is linear in the target, so this is exactly
-    the per-battle loss with one forward pass per prompt."""
-    weight = labels["weight"].to_numpy(dtype=np.float64)
-    dist = np.stack(labels["label"].map(LABEL_TARGETS).to_numpy()) * weight[:, None]
-    frame = pd.DataFrame(dist, columns=list(SCORES))
-    frame["prompt"] = labels["prompt"].to_numpy()
-    frame["weight"] = weight
-    grouped = frame.groupby("prompt", sort=False).sum()
-    grouped = grouped[grouped["weight"] > 0]
-    target = grouped[list(SCORES)].to_numpy() / grouped["weight"].to_numpy()[:, None]
-    return pd.DataFrame(
-        {"prompt": grouped.index.to_numpy(), "target": list(target), "weight": grouped["weight"]}
-    ).reset_index(drop=True)
+    the per-battle loss with one forward pass per prompt (and the mean target is the
+    prompt's label distribution mapped through `LABEL_TARGETS`)."""
+    prompts, dist, weight = aggregate_labels(labels)
+    target = dist @ np.array([LABEL_TARGETS[name] for name in LABELS])
+    return pd.DataFrame({"prompt": prompts, "target": list(target), "weight": weight})
 
 
 def _batch_loss(

@@ -17,6 +17,8 @@ import torch
 from routers.model_names import normalize_model_name
 
 WINNER_TARGET = {"a": 1.0, "b": 0.0, "tie": 0.5}
+# The classifier routers' three labels, in the order of their output columns.
+LABELS: tuple[str, str, str] = ("strong", "tie", "weak")
 ELO_SCALE = 400.0 / math.log(10.0)
 
 
@@ -141,3 +143,17 @@ def classifier_labels(
             "tier, and none is between the configured strong and weak models"
         )
     return pd.concat(parts, ignore_index=True)
+
+
+def aggregate_labels(labelled: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Unique prompts (first-seen order), each one's weighted label distribution (n, 3) over
+    `LABELS`, and its total weight: sum_i w_i CE(y_i) = W * CE(distribution) per prompt."""
+    codes, prompts = pd.factorize(labelled["prompt"])
+    label = pd.Index(LABELS).get_indexer(labelled["label"])
+    if (label < 0).any():
+        raise ValueError(f"labels must be in {LABELS}")
+    mass = np.zeros((len(prompts), len(LABELS)))
+    np.add.at(mass, (codes, label), labelled["weight"].to_numpy(dtype=np.float64))
+    total = mass.sum(1)
+    keep = total > 0
+    return list(prompts[keep]), mass[keep] / total[keep, None], total[keep]
