@@ -58,10 +58,10 @@ eval: $(STAMP)
 	done
 
 bench: $(VLLM_STAMP)
-	$(PY) bench/score_speed.py
-	$(PY) bench/sw_ranking_speed.py
-	$(PY) bench/serve_load.py
-	$(PY) bench/batch_route.py
+	$(PY) -m bench.score_speed
+	$(PY) -m bench.sw_ranking_speed
+	$(PY) -m bench.serve_load
+	$(PY) -m bench.batch_route
 
 serve-demo: $(VLLM_STAMP)
 	.venv/bin/routeray serve --demo

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from backends import OpenAIBackendConfig, VLLMBackendConfig, make_backend
 from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
 from batch_jobs.inputs import inspect_inputs
 from batch_jobs.route import (
@@ -38,9 +38,8 @@ from batch_jobs.route import (
 )
 from batch_jobs.storage import locate
 from routers.checkpoint import default_router_dir
-from routers.costs import Prices
+from routers.prices import Prices
 from routers.prompts import ERROR_COLUMN
-from serve_app.config import OpenAIBackendConfig, VLLMBackendConfig
 
 RESPONSE_COLUMN = "response"
 MODEL_COLUMN = "answered_by"
@@ -88,23 +87,17 @@ class GenerateConfig(BaseModel):
         if "applications" in document:  # a Ray Serve config file: the app's arguments
             document = document["applications"][0].get("args", {})
         config = cls.model_validate(document)
-        if isinstance(config.weak, VLLMBackendConfig):
-            # Actors may start in another directory: pin a relative model path now.
-            config.weak.model_path = os.path.abspath(config.weak.model_path)
-        return config
+        # Actors may start in another directory: pin relative paths now.
+        base = Path.cwd()
+        return config.model_copy(
+            update={
+                "strong": config.strong.with_absolute_paths(base),
+                "weak": config.weak.with_absolute_paths(base),
+            }
+        )
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
-
-
-def _make_backend(config: dict[str, Any]) -> Any:
-    if config["kind"] == "vllm":
-        from serve_app.backends.vllm_engine import VLLMEngineBackend
-
-        return VLLMEngineBackend(VLLMBackendConfig.model_validate(config))
-    from serve_app.backends.openai_api import OpenAIAPIBackend
-
-    return OpenAIAPIBackend(OpenAIBackendConfig.model_validate(config))
 
 
 class AnswerBatch:
@@ -132,12 +125,11 @@ class AnswerBatch:
         # The backend's asyncio objects bind to one loop, which lives as long as the actor.
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.backend = _make_backend(backend)
+        self.backend = make_backend(backend)
         self.model = backend["model"]
         self.limiter = AsyncLimiter(requests_per_s, 1.0) if requests_per_s else None
         self.concurrency = concurrency
-        if hasattr(self.backend, "start"):
-            self._run(self.backend.start())
+        self._run(self.backend.start())
 
     def _run(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()

@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 from batch_jobs.commit import SUMMARY_FILE, WRITE_CPUS, open_job, record_job, run_files
 from batch_jobs.inputs import READ_CPUS, InputFile, inspect_inputs, sample_prompts
 from batch_jobs.storage import locate
-from routers.calibration import threshold_for_strong_share
 from routers.checkpoint import CONFIG_FILE, default_router_dir, load_router, read_config
-from routers.costs import Prices, estimate_tokens
+from routers.evaluation.calibration import threshold_for_strong_share
+from routers.prices import Prices, estimate_tokens
 from routers.prompts import SCORE_COLUMN, score_table
 
 ROUTE_COLUMN = "route"

@@ -1,7 +1,7 @@
 """Ray Data job: what routers would have saved and cost on historical traffic.
 
 Scores every prompt once per router on Ray Data, then sweeps thresholds on the driver with one
-sort and cumulative sums (routers.simulation). Writes `summary.json`, `curve.parquet`,
+sort and cumulative sums (routers.evaluation.simulation). Writes `summary.json`, `curve.parquet`,
 `report.md` and `cost_quality.png` into the output directory.
 
     routeray simulate --input traffic/ --prices prices.yaml --output sim/ [--routers DIR ...]
@@ -23,9 +23,7 @@ from batch_jobs.inputs import READ_CPUS, inspect_inputs, read_units, work_units
 from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, call_size
 from batch_jobs.storage import Location, locate
 from routers.checkpoint import default_router_dir, load_router, read_config
-from routers.costs import Prices
-from routers.prompts import SCORE_COLUMN, score_table
-from routers.simulation import (
+from routers.evaluation.simulation import (
     CurvePoint,
     pareto_front,
     quality_labels,
@@ -34,6 +32,8 @@ from routers.simulation import (
     thresholds_for,
     thresholds_for_shares,
 )
+from routers.prices import Prices
+from routers.prompts import SCORE_COLUMN, score_table
 
 LABEL_COLUMNS = ("strong_score", "weak_score", "winner")
 CARRIED = ("input_tokens", "output_tokens", "timestamp", *LABEL_COLUMNS)
@@ -66,7 +66,7 @@ class ScoreRouters:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from routers.embedders import default_model_path
+            from routers.text.embedders import default_model_path
 
             self._tokenizer = AutoTokenizer.from_pretrained(
                 self.tokenizer_path or default_model_path()

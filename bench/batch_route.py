@@ -10,7 +10,7 @@
 Prints rows/s for each and the efficiency ratio job / bare (target: at least 0.85). S3 is moto's
 server on loopback, started here.
 
-    python bench/batch_route.py [--rows 100000] [--files 20] [--batch-size 4096]
+    python -m bench.batch_route [--rows 100000] [--files 20] [--batch-size 4096]
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from batch_jobs.local_s3 import LocalS3
 from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, run
 from batch_jobs.storage import s3_filesystem
+from routeray.demo.prompts import generate_prompts
 from routers.checkpoint import default_router_dir, load_router
-from routers.sample_prompts import generate_prompts
+from tests.support.local_s3 import LocalS3
 
 
 def put_archive(s3: LocalS3, bucket: str, rows: int, files: int) -> list[str]:

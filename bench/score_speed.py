@@ -6,7 +6,7 @@ the speed floor the default router is held to (at least half of MF's prompts/s):
 one dot product; its weights are random, which does not change its speed. All runs use the
 same generated prompts of mixed length, in one process.
 
-    .venv/bin/python bench/score_speed.py [--router DIR] [--n 2000]
+    .venv/bin/python -m bench.score_speed [--router DIR] [--n 2000]
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)  # measure the model, not a cac
 
 import numpy as np
 import torch
-from timing import timed
 
+from bench.timing import timed
+from routeray.demo.prompts import generate_prompts
 from routers.checkpoint import default_router_dir, load_router
-from routers.mf import MFNet, MFRouter
-from routers.model_names import STRONG_MODEL, WEAK_MODEL
-from routers.sample_prompts import generate_prompts
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
+from routers.kinds.mf import MFNet, MFRouter
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Load on the online endpoint: throughput, latency added by routing, batch sizes, and
 dynamic batching against a batch size of 1. Loopback only; bounded in count and time.
 
-    .venv/bin/python bench/serve_load.py [--clients 16] [--seconds 20]
+    .venv/bin/python -m bench.serve_load [--clients 16] [--seconds 20]
 
 Starts its own local Ray Serve app: the shipped router, vLLM on the tiny generated model as
 the weak backend, and the strong-API stand-in.
@@ -71,12 +71,12 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from routers.sample_prompts import generate_prompts
+    from routeray.demo.config import WEAK_MODEL, demo_config, free_port
+    from routeray.demo.prompts import generate_prompts
+    from routeray.demo.strong_standin import StrongStandin
+    from routeray.demo.tiny_model import build_tiny_model
     from serve_app.app import build
     from serve_app.config import BatchingConfig
-    from serve_app.demo import WEAK_MODEL, demo_config, free_port
-    from serve_app.strong_standin import StrongStandin
-    from serve_app.tiny_model import build_tiny_model
 
     # The tiny weak model has a 1,024-token context; keep prompts that fit it.
     prompts = [p for p in generate_prompts(800, seed=11) if len(p) < 1200][:500]

@@ -6,7 +6,7 @@
 2. end to end: `batch_jobs.simulate.run` on generated traffic (scoring on Ray Data with the
    shipped router, token counting with the MiniLM tokenizer, then the sweep and the report).
 
-    python bench/simulate.py [--rows 1000000] [--e2e-rows 10000]
+    python -m bench.simulate [--rows 1000000] [--e2e-rows 10000]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_jobs.simulate import simulate_frame
-from routers.costs import Prices
-from routers.sample_prompts import generate_prompts
-from routers.simulation import quality_labels, sweep, thresholds_for
+from routeray.demo.prompts import generate_prompts
+from routers.evaluation.simulation import quality_labels, sweep, thresholds_for
+from routers.prices import Prices
 
 
 def traffic(rows: int, seed: int = 0) -> pd.DataFrame:

@@ -6,7 +6,7 @@ prompts of mixed kind and length. Embedding is timed apart from the Bradley-Terr
 the fits are what SW ranking adds; the per-query refit (`score_one_by_one`, LBFGS over the raw
 weighted battles) runs on a subset because it takes seconds a query.
 
-    .venv/bin/python bench/sw_ranking_speed.py [--queries 1024] [--reference-queries 20]
+    .venv/bin/python -m bench.sw_ranking_speed [--queries 1024] [--reference-queries 20]
         [--data-dir ../shared/data] [--embedding-cache ~/.cache/routeray] [--weight-base 10]
 """
 
@@ -23,14 +23,15 @@ os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)  # measure the model, not a cac
 import numpy as np
 import pandas as pd
 import torch
-from timing import timed
 
+from bench.timing import timed
+from routeray.demo.prompts import generate_prompts
 from routers.checkpoint import save_router
-from routers.embedders import embedding_cache
-from routers.model_names import STRONG_MODEL, WEAK_MODEL
-from routers.sample_prompts import generate_prompts
-from routers.sw_ranking import SWRankingRouter, score_one_by_one
-from routers.training_data import load_battles
+from routers.data.battles import load_battles
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
+from routers.kinds.sw_ranking import SWRankingRouter
+from routers.text.embedders import embedding_cache
+from tests.support.sw_reference import score_one_by_one
 
 
 def synthetic_battles(

@@ -64,9 +64,9 @@ def route(
 ) -> None:
     """Score every prompt, route it, price it, and write the results with a summary."""
     from batch_jobs.route import run
+    from routeray.demo.prompts import generate_prompts
     from routers.checkpoint import CheckpointError
-    from routers.costs import Prices
-    from routers.sample_prompts import generate_prompts
+    from routers.prices import Prices
 
     if (input is None) == (sample is None):
         raise typer.BadParameter("give exactly one of --input and --sample")

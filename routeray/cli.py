@@ -34,7 +34,7 @@ NoCacheOption = Annotated[
 
 
 def _cache(cache: Path, disabled: bool):
-    from routers.embedders import embedding_cache
+    from routers.text.embedders import embedding_cache
 
     return embedding_cache(None if disabled else cache)
 
@@ -93,10 +93,10 @@ def train(
     no_embedding_cache: NoCacheOption = False,
 ) -> None:
     """Train a router on the training sources in DATA_DIR and save it as a directory."""
-    from routers.calibration import threshold_for_strong_share
     from routers.checkpoint import save_router
+    from routers.data.tables import load_training_table
+    from routers.evaluation.calibration import threshold_for_strong_share
     from routers.registry import router_class
-    from routers.training_tables import load_training_table
 
     options = _params(param)
     with _cache(embedding_cache, no_embedding_cache):
@@ -156,8 +156,8 @@ def calibrate(
     """Print the threshold that sends STRONG_PCT of INPUT's prompts to the strong model."""
     import pyarrow.parquet as pq
 
-    from routers.calibration import threshold_for_strong_share
     from routers.checkpoint import CheckpointError, load_router
+    from routers.evaluation.calibration import threshold_for_strong_share
     from routers.prompts import prompt_error
 
     try:
@@ -261,14 +261,14 @@ def evaluate(
 ) -> None:
     """Cost-quality curves, APGR and CPT on a benchmark, as the paper computes them."""
     from routers.checkpoint import CheckpointError, default_router_dir, load_router
-    from routers.evaluation import (
+    from routers.evaluation.benchmarks import load_benchmark
+    from routers.evaluation.metrics import (
         cost_saving,
         evaluate_random,
         evaluate_scores,
-        load_benchmark,
         oracle_curve,
-        plot_curves,
     )
+    from routers.evaluation.plots import plot_curves
 
     options = _params(param)
     with _cache(embedding_cache, no_embedding_cache):
@@ -335,7 +335,7 @@ def evaluate(
 
 
 def _weak_to_strong_cost(prompts: list[str]) -> float:
-    from routers.costs import Prices, estimate_tokens
+    from routers.prices import Prices, estimate_tokens
 
     prices = Prices()
     tokens = estimate_tokens(prompts)
@@ -353,9 +353,9 @@ def _cross_fit(
     options: dict[str, Any],
 ):
     from routers.checkpoint import default_router_dir, read_config
-    from routers.cross_fit import cross_fit_scores
+    from routers.data.tables import load_training_table
+    from routers.evaluation.cross_fit import cross_fit_scores
     from routers.registry import router_class
-    from routers.training_tables import load_training_table
 
     kind = kind or str(read_config(default_router_dir())["router"])
     try:
@@ -383,8 +383,8 @@ def ratings(
     top: Annotated[int, typer.Option(help="Show this many models (0: all).")] = 0,
 ) -> None:
     """Bradley-Terry (Elo) ratings of every model in the battles, grouped into tiers."""
-    from routers.ratings import bradley_terry, tiers
-    from routers.training_data import load_battles
+    from routers.data.battles import load_battles
+    from routers.data.ratings import bradley_terry, tiers
 
     try:
         battles = load_battles(data_dir, eval_dir)

@@ -35,9 +35,9 @@ def serve(
 
     standin = None
     if demo:
-        from serve_app.demo import demo_config
-        from serve_app.strong_standin import StrongStandin
-        from serve_app.tiny_model import build_tiny_model
+        from routeray.demo.config import demo_config
+        from routeray.demo.strong_standin import StrongStandin
+        from routeray.demo.tiny_model import build_tiny_model
 
         model_dir = build_tiny_model(CACHE_DIR / "tiny-model")
         standin = StrongStandin()
@@ -56,7 +56,7 @@ def serve(
         base_url = f"http://{cfg.host}:{cfg.port}/v1"
         typer.echo(f"\nrouteray is serving at {base_url}  (models: GET {base_url}/models)\n")
         if demo:
-            from serve_app.demo import openai_example
+            from routeray.demo.config import openai_example
 
             typer.echo(openai_example(base_url))
         typer.echo("\nCtrl-C to stop.")

@@ -46,7 +46,7 @@ def simulate(
     recommended threshold."""
     from batch_jobs.simulate import run
     from routers.checkpoint import CheckpointError
-    from routers.costs import Prices
+    from routers.prices import Prices
 
     try:
         price_table = Prices.from_yaml(prices)

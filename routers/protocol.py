@@ -30,8 +30,8 @@ class BaseRouter(ABC):
     """
 
     kind: ClassVar[str]
-    # The training table `train` takes: "battles" (routers.training_data.load_battles) or
-    # "prompt_labels" (routers.prompt_labels.load_prompt_labels).
+    # The training table `train` takes: "battles" (routers.data.battles.load_battles) or
+    # "prompt_labels" (routers.data.prompt_labels.load_prompt_labels).
     trains_on: ClassVar[str] = "battles"
 
     @abstractmethod

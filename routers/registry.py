@@ -7,12 +7,12 @@ import importlib
 from routers.protocol import BaseRouter
 
 ROUTERS: dict[str, str] = {
-    "random": "routers.random_router:RandomRouter",
-    "mf": "routers.mf:MFRouter",
-    "sw_ranking": "routers.sw_ranking:SWRankingRouter",
-    "bert": "routers.bert:BertRouter",
-    "causal_llm": "routers.causal_llm:CausalLLMRouter",
-    "quality_gap": "routers.quality_gap:QualityGapRouter",
+    "random": "routers.kinds.random_router:RandomRouter",
+    "mf": "routers.kinds.mf:MFRouter",
+    "sw_ranking": "routers.kinds.sw_ranking:SWRankingRouter",
+    "bert": "routers.kinds.bert:BertRouter",
+    "causal_llm": "routers.kinds.causal_llm:CausalLLMRouter",
+    "quality_gap": "routers.kinds.quality_gap:QualityGapRouter",
 }
 
 

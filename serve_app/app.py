@@ -8,8 +8,9 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from backends import OpenAIBackendConfig
 from serve_app.backend_deployment import BackendDeployment
-from serve_app.config import OpenAIBackendConfig, ServeConfig
+from serve_app.config import ServeConfig
 from serve_app.ingress import Ingress
 from serve_app.router_deployment import RouterDeployment
 

@@ -5,21 +5,17 @@ Secrets never live here: keys are read from the environment variable or file the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from routers.costs import Prices
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from backends.config import BackendConfig, SecretRef, Strict
+from routers.prices import Prices
 
 
-class RouterSpec(_Strict):
+class RouterSpec(Strict):
     """A router served as `router-<name>` (and `router-<name>-<threshold>`)."""
 
     name: str = "gap"
@@ -33,12 +29,12 @@ class RouterSpec(_Strict):
     aliases: list[str] = Field(default_factory=list, description="More names, e.g. 'default'.")
 
 
-class BatchingConfig(_Strict):
+class BatchingConfig(Strict):
     max_batch_size: int = Field(default=32, ge=1)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0.0)
 
 
-class RouterDeploymentConfig(_Strict):
+class RouterDeploymentConfig(Strict):
     num_cpus: float = Field(default=1.0, ge=0.0)
     num_gpus: float = Field(default=0.0, ge=0.0)
     batching: BatchingConfig = BatchingConfig()
@@ -52,55 +48,7 @@ class RouterDeploymentConfig(_Strict):
     max_ongoing_requests: int = 256
 
 
-class SecretRef(_Strict):
-    """Where a secret comes from: an environment variable or a file (first non-empty wins)."""
-
-    env: str | None = None
-    file: str | None = None
-
-    def read(self) -> str | None:
-        if self.env and os.environ.get(self.env):
-            return os.environ[self.env].strip()
-        if self.file and Path(self.file).is_file():
-            return Path(self.file).read_text().strip() or None
-        return None
-
-
-class OpenAIBackendConfig(_Strict):
-    """An external OpenAI-compatible API (the strong model, or a weak one served elsewhere)."""
-
-    kind: Literal["openai"] = "openai"
-    model: str = Field(description="Model name sent upstream and reported to clients.")
-    base_url: str = Field(description="e.g. https://api.openai.com/v1")
-    api_key: SecretRef = SecretRef(env="STRONG_API_KEY")
-    timeout_s: float = Field(default=60.0, gt=0)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
-    backoff_initial_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=8.0, ge=0)
-    max_concurrency: int = Field(default=64, ge=1)
-    num_replicas: int = 1
-
-
-class VLLMBackendConfig(_Strict):
-    """A model served by vLLM's async engine inside a Serve deployment."""
-
-    kind: Literal["vllm"] = "vllm"
-    model: str = Field(description="Name reported to clients.")
-    model_path: str = Field(description="Local Hugging Face model directory.")
-    num_cpus: float = Field(default=1.0, ge=0)
-    num_gpus: float = Field(default=0.0, ge=0)
-    engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="Extra vllm AsyncEngineArgs, e.g. max_model_len."
-    )
-    autoscaling: dict[str, Any] | None = None
-    max_ongoing_requests: int = 64
-
-
-Backend = Annotated[OpenAIBackendConfig | VLLMBackendConfig, Field(discriminator="kind")]
-
-
-class AuthConfig(_Strict):
+class AuthConfig(Strict):
     """Bearer keys for clients: comma- or newline-separated, from env or file. None: open."""
 
     api_keys: SecretRef | None = None
@@ -112,10 +60,10 @@ class AuthConfig(_Strict):
         return [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
 
 
-class ServeConfig(_Strict):
+class ServeConfig(Strict):
     routers: list[RouterSpec] = Field(default_factory=lambda: [RouterSpec(aliases=["default"])])
-    strong: Backend
-    weak: Backend
+    strong: BackendConfig
+    weak: BackendConfig
     fallback_to_weak: bool = Field(
         default=True, description="Answer with the weak model when the strong API fails."
     )
@@ -138,13 +86,10 @@ class ServeConfig(_Strict):
         copy = self.model_copy(deep=True)
         for spec in copy.routers:
             spec.path = absolute(spec.path) or spec.path
-        for backend in (copy.strong, copy.weak):
-            if isinstance(backend, VLLMBackendConfig):
-                backend.model_path = absolute(backend.model_path) or backend.model_path
-            else:
-                backend.api_key.file = absolute(backend.api_key.file) or backend.api_key.file
+        copy.strong = copy.strong.with_absolute_paths(base)
+        copy.weak = copy.weak.with_absolute_paths(base)
         if copy.auth.api_keys is not None:
-            copy.auth.api_keys.file = absolute(copy.auth.api_keys.file) or copy.auth.api_keys.file
+            copy.auth.api_keys = copy.auth.api_keys.absolute(base)
         return copy
 
     @classmethod

@@ -32,21 +32,3 @@ class APIError(Exception):
                 "code": self.code,
             }
         }
-
-
-class BackendError(Exception):
-    """A model backend failed. `retryable` marks failures worth another try (429, 5xx,
-    timeouts, dropped connections); `status` is the upstream HTTP status when there was one."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after

@@ -15,8 +15,8 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
-from routers.costs import Prices
-from serve_app.backend_deployment import ERROR_KEY
+from backends import BackendError
+from routers.prices import Prices
 from serve_app.config import ServeConfig
 from serve_app.errors import APIError
 from serve_app.requests import backend_request, parse_chat_request, resolve_model, routing_text
@@ -162,31 +162,34 @@ class Ingress:
 
     async def _answer(
         self,
-        attempt: Callable[[str], Awaitable[tuple[Any, dict[str, Any] | None]]],
+        attempt: Callable[[str], Awaitable[Any]],
         backend: str,
         route: str,
         headers: dict[str, str],
     ) -> tuple[Any, str, Response | None]:
         """Run `attempt` on the chosen backend, and on the weak one when a routed strong call
         fails: (value, backend that answered, None), or an error response when none did."""
-        value, failure = await attempt(backend)
-        if failure is not None and self._fallback_allowed(backend, route):
+        try:
+            return await attempt(backend), backend, None
+        except BackendError as exc:
+            failure = exc
+        if self._fallback_allowed(backend, route):
             self._errors.inc(tags={"backend": backend})
             self._fallbacks.inc()
             headers["x-routeray-fallback"] = "strong-failed"
             backend = headers["x-routeray-route"] = "weak"
-            value, failure = await attempt(backend)
-        if failure is not None:
-            self._errors.inc(tags={"backend": backend})
-            return None, backend, error_response(self._backend_error(failure, backend), headers)
-        return value, backend, None
+            try:
+                return await attempt(backend), backend, None
+            except BackendError as exc:
+                failure = exc
+        self._errors.inc(tags={"backend": backend})
+        return None, backend, error_response(self._backend_error(failure, backend), headers)
 
     async def _complete(
         self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
     ) -> Response:
-        async def attempt(name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
-            result = await self.backends[name].complete.remote(body)
-            return result, result.get(ERROR_KEY)
+        async def attempt(name: str) -> dict[str, Any]:
+            return await self.backends[name].complete.remote(body)
 
         result, backend, failed = await self._answer(attempt, backend, route, headers)
         if failed is not None:
@@ -198,13 +201,13 @@ class Ingress:
     async def _stream(
         self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
     ) -> Response:
-        async def attempt(name: str) -> tuple[Any, dict[str, Any] | None]:
+        async def attempt(name: str) -> tuple[dict[str, Any], Any]:
             # The first chunk decides: a failure before it can still fall back, after it not.
             chunks = self.backends[name].options(stream=True).stream.remote(body)
             first = await anext(chunks, None)
             if first is None:
-                return None, {"message": "empty stream", "status": 502}
-            return (first, chunks), first.get(ERROR_KEY)
+                raise BackendError(f"{name} model sent an empty stream", status=502)
+            return first, chunks
 
         opened, backend, failed = await self._answer(attempt, backend, route, headers)
         if failed is not None:
@@ -212,37 +215,36 @@ class Ingress:
         first, chunks = opened
         self._requests.inc(tags={"route": route, "model": self.models[backend]})
 
-        async def all_chunks() -> AsyncIterator[dict[str, Any]]:
-            yield first
-            async for item in chunks:
-                yield item
-
         async def sse() -> AsyncIterator[bytes]:
-            usage = None
-            async for chunk in all_chunks():
-                if ERROR_KEY in chunk:
-                    # Headers are gone; an OpenAI-style error event is all a client can get now.
-                    self._errors.inc(tags={"backend": backend})
-                    error = self._backend_error(chunk[ERROR_KEY], backend)
-                    yield f"data: {json.dumps(error.body())}\n\n".encode()
-                    return
-                usage = chunk.get("usage") or usage
-                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            usage = first.get("usage")
+            yield f"data: {json.dumps(first)}\n\n".encode()
+            try:
+                async for chunk in chunks:
+                    usage = chunk.get("usage") or usage
+                    yield f"data: {json.dumps(chunk)}\n\n".encode()
+            except BackendError as exc:
+                # Headers are gone; an OpenAI-style error event is all a client can get now.
+                self._errors.inc(tags={"backend": backend})
+                error = self._backend_error(exc, backend)
+                yield f"data: {json.dumps(error.body())}\n\n".encode()
+                return
             if usage:
                 self._account(backend, {"usage": usage})
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
-    def _backend_error(self, failure: dict[str, Any], backend: str) -> APIError:
-        status = failure.get("status")
+    def _backend_error(self, failure: BackendError, backend: str) -> APIError:
+        # Ray re-raises a replica's exception as a subclass that prefixes the remote
+        # traceback to str(); the message field is the backend's own words.
+        message = failure.message
         # A request the backend rejected as invalid is the client's error; anything else is ours.
-        if status is not None and 400 <= status < 500 and status not in (401, 403, 429):
-            return APIError(status, f"{backend} model rejected the request: {failure['message']}")
-        code = 503 if status == 429 else 502
+        if failure.is_client_error:
+            return APIError(failure.status, f"{backend} model rejected the request: {message}")
+        code = 503 if failure.is_rate_limited else 502
         return APIError(
             code,
-            f"{backend} model unavailable: {failure['message']}",
+            f"{backend} model unavailable: {message}",
             type_="api_error",
             code="backend_error",
         )

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from routers.checkpoint import save_router
-from routers.mf import MFNet, MFRouter
-from routers.model_names import STRONG_MODEL, WEAK_MODEL
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
+from routers.kinds.mf import MFNet, MFRouter
 
 # Tests never reach a model hub: the embedder ships inside a pip package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,7 +51,7 @@ def local_ray():
     environment before it starts, because its workers read S3 themselves."""
     import ray
 
-    from batch_jobs.local_s3 import use_test_credentials
+    from tests.support.local_s3 import use_test_credentials
 
     use_test_credentials()
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
@@ -61,7 +61,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def local_s3():
-    from batch_jobs.local_s3 import LocalS3
+    from tests.support.local_s3 import LocalS3
 
     with LocalS3() as server:
         yield server

@@ -1,0 +1,559 @@
+"""A local OpenAI-compatible stand-in for the strong model's API, with fault injection.
+
+Tests and `--demo` runs point the strong backend here instead of a paid API. Answers are
+deterministic ("strong answer: " + the last user message's first 40 characters, reversed), so
+tests can assert on them, and failures can be scripted:
+
+    with StrongStandin() as standin:
+        standin.inject("429", times=2, retry_after=1)
+        ...  # the next two chat requests get 429 + Retry-After: 1, the third succeeds
+        assert standin.requests == 3
+
+Fault kinds (queued with `inject`, consumed one per chat request, oldest first):
+
+* a 3-digit HTTP status, e.g. "400", "401", "429", "500", "502", "503", "504": that status with
+  an OpenAI error body; `retry_after` adds a Retry-After header (seconds).
+* "timeout": sleep `delay` seconds (default 30, meant to outlast the client's timeout) before
+  answering; the sleep ends early when the client hangs up.
+* "slow": sleep `delay` seconds (default 0.3), then answer normally.
+* "drop_stream": send `after_chunks` chunks (default 1) and close the connection without
+  `data: [DONE]`; on a non-streaming request, close the connection mid-body.
+* "stall_stream": send `after_chunks` chunks (default 1), go quiet for `delay` seconds (default
+  30), then finish normally; a client read timeout shorter than `delay` sees a stalled stream.
+
+For manual demos the same kinds can be asked for per request with the header
+`x-standin-fault: <kind>` (plus optional `x-standin-retry-after`, `x-standin-delay`,
+`x-standin-after-chunks`); a header fault does not consume the queue.
+
+Run in the foreground with `python -m routeray.demo.strong_standin --port 8100`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "strong-standin"
+STATUS_FAULTS_HINT = "a 3-digit HTTP status such as 429 or 500"
+FAULT_KINDS = ("timeout", "slow", "drop_stream", "stall_stream")
+_DEFAULT_DELAY = {"timeout": 30.0, "slow": 0.3, "stall_stream": 30.0}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted misbehaviour for one chat request."""
+
+    kind: str
+    retry_after: float | None = None
+    delay: float | None = None
+    after_chunks: int = 1
+
+    @property
+    def status(self) -> int | None:
+        return int(self.kind) if self.kind.isdigit() else None
+
+    @property
+    def sleep_s(self) -> float:
+        return self.delay if self.delay is not None else _DEFAULT_DELAY.get(self.kind, 0.0)
+
+
+def _check_kind(kind: str) -> str:
+    kind = kind.strip().lower()
+    if kind in FAULT_KINDS or (len(kind) == 3 and kind.isdigit() and 400 <= int(kind) <= 599):
+        return kind
+    raise ValueError(f"unknown fault {kind!r}: use {STATUS_FAULTS_HINT} or one of {FAULT_KINDS}")
+
+
+class Faults:
+    """A thread-safe queue of faults: tests inject from their thread, the server pops from its."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[Fault] = deque()
+
+    def inject(
+        self,
+        kind: str,
+        times: int = 1,
+        *,
+        retry_after: float | None = None,
+        delay: float | None = None,
+        after_chunks: int = 1,
+    ) -> None:
+        fault = Fault(_check_kind(str(kind)), retry_after, delay, after_chunks)
+        with self._lock:
+            self._queue.extend([fault] * times)
+
+    def pop(self) -> Fault | None:
+        with self._lock:
+            return self._queue.popleft() if self._queue else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+
+class Stats:
+    """What the stand-in saw, for tests to assert on (retries, concurrency, bodies sent)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.bodies: list[dict[str, Any]] = []
+
+    def begin(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.bodies.append(body)
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests = 0
+            self.max_in_flight = self.in_flight
+            self.bodies = []
+
+
+def _error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def answer_for(messages: list[dict[str, Any]]) -> str:
+    """The deterministic reply: tests compute the same string to check passthrough."""
+    last_user = next(
+        (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    return "strong answer: " + last_user[:40][::-1]
+
+
+def _words(text: str) -> list[str]:
+    """Stream pieces that concatenate back to `text` exactly."""
+    parts = text.split(" ")
+    return [p + " " for p in parts[:-1]] + [parts[-1]]
+
+
+async def _sleep_unless_gone(request: Request, seconds: float) -> None:
+    # Polling is_disconnected() lets a "timeout" fault end once the client gives up, so the
+    # server has no request left behind when tests stop it.
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(0.05, left))
+        if await request.is_disconnected():
+            return
+
+
+class _CutOff(Response):
+    """Sends headers and part of the body, then returns without finishing: uvicorn closes the
+    socket, which the client sees as a dropped connection (a Response subclass so FastAPI
+    passes it through untouched)."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], parts: list[bytes]):
+        super().__init__(status_code=status)
+        self.raw_headers = headers
+        self.parts = parts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        for part in self.parts:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+
+
+def create_app(
+    *,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    faults: Faults | None = None,
+    stats: Stats | None = None,
+) -> FastAPI:
+    """The stand-in's ASGI app. `model_name` set: every answer reports it (as APIs that answer
+    with a dated snapshot name do); None: the requested model is echoed."""
+    app = FastAPI(title="routeray strong-model stand-in")
+    app.state.faults = faults = faults if faults is not None else Faults()
+    app.state.stats = stats = stats if stats is not None else Stats()
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if api_key is None:
+            return None
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if given == api_key:
+            return None
+        # Like some real APIs, echo the rejected key: clients must not pass it on.
+        return _error(
+            401,
+            f"Incorrect API key provided: {given or '(none)'}",
+            "invalid_request_error",
+            "invalid_api_key",
+        )
+
+    def header_fault(request: Request) -> Fault | None:
+        kind = request.headers.get("x-standin-fault")
+        if not kind:
+            return None
+
+        def num(name: str) -> float | None:
+            value = request.headers.get(name)
+            return float(value) if value else None
+
+        after = num("x-standin-after-chunks")
+        return Fault(
+            _check_kind(kind),
+            retry_after=num("x-standin-retry-after"),
+            delay=num("x-standin-delay"),
+            after_chunks=int(after) if after is not None else 1,
+        )
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        name = model_name or DEFAULT_MODEL
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "routeray"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not valid JSON", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object", "invalid_request_error")
+        stats.begin(body)
+        ended_here = True
+        try:
+            if (denied := unauthorized(request)) is not None:
+                return denied
+            try:
+                fault = header_fault(request) or faults.pop()
+            except ValueError as exc:
+                return _error(400, str(exc), "invalid_request_error")
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                return _error(400, "'messages' must be a non-empty list", "invalid_request_error")
+            if fault is not None and fault.status is not None:
+                headers = {}
+                if fault.retry_after is not None:
+                    headers["Retry-After"] = f"{fault.retry_after:g}"
+                response = _error(
+                    fault.status,
+                    f"stand-in injected HTTP {fault.status}",
+                    "rate_limit_error" if fault.status == 429 else "server_error",
+                )
+                response.headers.update(headers)
+                return response
+            if fault is not None and fault.kind in ("timeout", "slow"):
+                await _sleep_unless_gone(request, fault.sleep_s)
+            model = model_name or str(body.get("model") or DEFAULT_MODEL)
+            if body.get("stream"):
+                ended_here = False  # the stream's generator ends the request instead
+                return _stream_response(request, body, model, fault, stats)
+            payload = _completion(body, model)
+            if fault is not None and fault.kind in ("drop_stream", "stall_stream"):
+                raw = json.dumps(payload).encode()
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(raw)).encode()),
+                ]
+                return _CutOff(200, headers, [raw[: len(raw) // 2]])
+            return payload
+        finally:
+            if ended_here:
+                stats.end()
+
+    return app
+
+
+def _usage(body: dict[str, Any], completion: str) -> dict[str, int]:
+    prompt = sum(len(_text(m.get("content")).split()) for m in body.get("messages", []))
+    done = len(completion.split())
+    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+
+def _reply(body: dict[str, Any]) -> tuple[str, str]:
+    """(content, finish_reason), honouring max_tokens counted in whitespace words."""
+    content = answer_for(body["messages"])
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    words = content.split(" ")
+    if isinstance(limit, int) and 0 < limit < len(words):
+        return " ".join(words[:limit]), "length"
+    return content, "stop"
+
+
+def _completion(body: dict[str, Any], model: str) -> dict[str, Any]:
+    content, finish = _reply(body)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": _usage(body, content),
+    }
+
+
+def _chunks(body: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    content, finish = _reply(body)
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {**base, "choices": [choice]}
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": piece}) for piece in _words(content) if piece]
+    out.append(chunk({}, finish))
+    options = body.get("stream_options") or {}
+    if isinstance(options, dict) and options.get("include_usage"):
+        out.append({**base, "choices": [], "usage": _usage(body, content)})
+    return out
+
+
+def _sse(chunk: dict[str, Any] | str) -> bytes:
+    data = chunk if isinstance(chunk, str) else json.dumps(chunk)
+    return f"data: {data}\n\n".encode()
+
+
+def _stream_response(
+    request: Request, body: dict[str, Any], model: str, fault: Fault | None, stats: Stats
+) -> Any:
+    chunks = _chunks(body, model)
+    if fault is not None and fault.kind == "drop_stream":
+        stats.end()
+        parts = [_sse(c) for c in chunks[: fault.after_chunks]]
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        return _CutOff(200, headers, parts)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            for i, c in enumerate(chunks):
+                if fault is not None and fault.kind == "stall_stream" and i == fault.after_chunks:
+                    await _sleep_unless_gone(request, fault.sleep_s)
+                yield _sse(c)
+            yield _sse("[DONE]")
+        finally:
+            stats.end()
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )
+
+
+def _free_socket(host: str, port: int) -> socket.socket:
+    # Binding here (port 0 = any free port) and handing uvicorn the socket avoids the race of
+    # probing for a free port and binding it later.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+class StrongStandin:
+    """The stand-in served by uvicorn on a background thread, for tests and demos."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        model_name: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout_s: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.faults = Faults()
+        self.stats = Stats()
+        self.app = create_app(
+            api_key=api_key, model_name=model_name, faults=self.faults, stats=self.stats
+        )
+        self._requested_port = port
+        self._startup_timeout_s = startup_timeout_s
+        self._port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> StrongStandin:
+        if self._thread is not None:
+            return self
+        sock = _free_socket(self.host, self._requested_port)
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            # A request stuck in a long fault must not hold up stop().
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name=f"strong-standin-{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self._startup_timeout_s
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self._thread is not None and not self._thread.is_alive():
+                    break
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        return
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"strong stand-in did not come up on {self.url}")
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout=5)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout=5)
+
+    def __enter__(self) -> StrongStandin:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what tests use ---------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("stand-in not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL (ends in /v1), as OpenAIBackendConfig.base_url wants."""
+        return f"{self.url}/v1"
+
+    @property
+    def requests(self) -> int:
+        """Chat-completion requests received since start or the last reset()."""
+        return self.stats.requests
+
+    def inject(
+        self,
+        kind: str,
+        times: int = 1,
+        *,
+        retry_after: float | None = None,
+        delay: float | None = None,
+        after_chunks: int = 1,
+    ) -> None:
+        """Queue `times` faults of `kind` for the next chat requests (see the module doc)."""
+        self.faults.inject(
+            kind, times, retry_after=retry_after, delay=delay, after_chunks=after_chunks
+        )
+
+    def reset(self) -> None:
+        """Forget queued faults and counters, e.g. between tests sharing one stand-in."""
+        self.faults.clear()
+        self.stats.reset()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--model-name", default=None, help="reported model; default: echo")
+    parser.add_argument(
+        "--api-key-env",
+        default=None,
+        help="name of an env var holding the bearer key to require (keys stay out of argv)",
+    )
+    args = parser.parse_args(argv)
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not api_key:
+        parser.error(f"environment variable {args.api_key_env} is empty")
+    app = create_app(api_key=api_key, model_name=args.model_name)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

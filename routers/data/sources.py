@@ -1,0 +1,65 @@
+"""The training sources in ../shared/data/train, and the contamination rule every training table
+obeys: no prompt equal to an evaluation prompt (after whitespace and case folding), and no
+MMLU-Pro question derived from MMLU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from routers.evaluation.benchmarks import EVAL_FILES
+
+ALPACA_FILE = "alpaca_eval_pairwise.parquet"
+ARENA_FILE = "arena_bench_v1_scores.parquet"
+MMLU_PRO_FILE = "mmlu_pro_correctness.parquet"
+
+
+def fold_text(text: str) -> str:
+    """Whitespace and case folding: the contamination match key."""
+    return " ".join(str(text).split()).casefold()
+
+
+def require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"training source {path} is missing")
+    return path
+
+
+def mmlu_derived(mmlu_pro: pd.DataFrame) -> pd.Series:
+    """MMLU-Pro questions taken from MMLU: their stems are MMLU eval prompts."""
+    return mmlu_pro["from_original_mmlu"].astype(bool) | mmlu_pro["src"].str.startswith("ori_mmlu")
+
+
+def eval_prompts(eval_dir: Path) -> set[str]:
+    """Folded text of every eval prompt (MT Bench second turns too), contaminated or not."""
+    folded: set[str] = set()
+    for name in EVAL_FILES:
+        df = pd.read_parquet(require_file(eval_dir / name))
+        for column in ("prompt", "prompt_turn2"):
+            if column in df:
+                folded.update(fold_text(t) for t in df[column].dropna())
+    return folded
+
+
+def decontaminate(
+    battles: pd.DataFrame,
+    eval_dir: Path,
+    log: Callable[[str], None] = print,
+    rows: str = "battles",
+) -> pd.DataFrame:
+    """Drop rows (battles, or whatever `rows` names) whose prompt equals an eval prompt after
+    whitespace and case folding; any frame with `prompt` and `source` columns will do."""
+    banned = eval_prompts(eval_dir)
+    folded = battles["prompt"].map(fold_text)
+    hit = folded.isin(banned)
+    for source, count in (
+        battles.loc[hit, "source"]
+        .value_counts()
+        .reindex(battles["source"].unique(), fill_value=0)
+        .items()
+    ):
+        prompts = battles.loc[hit & (battles["source"] == source), "prompt"].nunique()
+        log(f"decontamination: {source}: dropped {count} {rows} ({prompts} prompts)")
+    return battles[~hit].reset_index(drop=True)

@@ -1,0 +1,582 @@
+"""Quality-gap router: predicts how much the strong model gains over the weak one on a prompt.
+
+Trained on per-prompt outcome labels (`routers.data.prompt_labels`) rather than single battles:
+difficulty (how many models fail the prompt) and gap (how much better the best models do),
+averaged over every model a source graded and standardised within each source so that
+correctness and judge grades share one scale. A member of the router predicts one set of those
+labels from the prompt's sentence embedding (plus surface features, `routers.text.features`)
+with
+
+- ridge: a linear map, fitted in closed form;
+- knn: a similarity-weighted mean of the labels of the k most similar training prompts
+  (softmax of cosine similarity / temperature), the non-parametric cousin of SW ranking;
+- blend: both, averaged after standardising each.
+
+The router averages the standardised predictions of its members, and a one-dimensional
+logistic fit maps that to P(strong wins) on the routed pair's own outcomes.
+
+Everything is chosen on the training data by one criterion, APGR (the paper's metric) of the
+routed pair on held-out prompts: which text is embedded (the whole prompt, or a
+multiple-choice question without its option list), which members (the best N of the grid, N
+chosen by the criterion of their average) and the calibration. Held out means a whole
+training source at a time for the shipped router, whose benchmarks are unlike any one source;
+with a benchmark's own labels (`routeray eval --cross-fit` adds them as sources named
+`golden:*`) it means K folds of those rows, the target distribution.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
+from routers.data.prompt_labels import LABELS
+from routers.data.tables import GOLDEN_PREFIX
+from routers.evaluation.metrics import evaluate_scores
+from routers.protocol import BaseRouter
+from routers.text.embedders import LazyEmbedder, get_embedder
+from routers.text.features import prompt_features
+from routers.training.splits import prompt_folds
+
+LABEL_SETS = {
+    "all_fail": ("all_fail",),
+    "mid_fail": ("mid_fail",),
+    "difficulty": ("all_fail", "mid_fail", "top_minus_all", "top_minus_mid"),
+    "all": LABELS,
+    "pair": ("pair_gap",),
+}
+ENSEMBLE_SIZES = (1, 3, 5, 10)
+# Surface features are on another scale than unit-norm embeddings; this keeps the ridge
+# penalty from being spent on them alone.
+FEATURE_SCALE = 0.1
+QUERY_CHUNK = 1024
+NORM_SAMPLE = 2000
+_OPTION_LINE = re.compile(r"\n[A-J][.)] [^\n]*")
+_ANSWER_CUE = re.compile(r"\n\s*Answer:\s*$")
+
+
+def question_stem(prompt: str) -> str:
+    """A multiple-choice prompt without its option lines and trailing "Answer:" cue.
+
+    Sources list 4 or 10 options in their own layout; the embedding of the question itself
+    is what carries over from one to another. Other prompts are unchanged."""
+    stem = _ANSWER_CUE.sub("", _OPTION_LINE.sub("", prompt)).strip()
+    return stem or prompt
+
+
+TEXT_MODES: dict[str, Callable[[str], str]] = {"prompt": lambda p: p, "stem": question_stem}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of the model-selection grid."""
+
+    model: str  # ridge, knn or blend
+    labels: str  # a LABEL_SETS key
+    features: bool = False
+    alpha: float = 1.0
+    k: int = 100
+    temperature: float = 0.05
+    other_weight: float = 1.0  # weight of non-golden rows when golden labels are present
+
+    @property
+    def ridge_share(self) -> float:
+        return {"ridge": 1.0, "knn": 0.0, "blend": 0.5}[self.model]
+
+    @property
+    def columns(self) -> list[int]:
+        return [LABELS.index(name) for name in LABEL_SETS[self.labels]]
+
+    def describe(self) -> str:
+        parts = [self.model, f"labels={self.labels}"]
+        if self.ridge_share > 0:
+            parts.append(f"alpha={self.alpha:g}")
+        if self.ridge_share < 1:
+            parts.append(f"k={self.k} t={self.temperature:g}")
+        if self.features:
+            parts.append("+features")
+        if self.other_weight != 1.0:
+            parts.append(f"other_weight={self.other_weight:g}")
+        return " ".join(parts)
+
+
+def default_grid(golden: bool) -> list[Variant]:
+    """Without golden labels: every predictor x label set x features. With them (cross-fit),
+    a smaller grid that also weighs the other sources against the benchmark's own labels."""
+    if golden:
+        grid = [
+            Variant("ridge", labels, True, alpha, other_weight=other)
+            for alpha, labels, other in itertools.product(
+                (1.0, 10.0), ("pair", "all"), (1.0, 0.1, 0.0)
+            )
+        ]
+        return grid + [
+            Variant("knn", "pair", temperature=0.2, other_weight=o) for o in (1.0, 0.1, 0.0)
+        ]
+    models = [
+        Variant("ridge", "", alpha=1.0),
+        Variant("ridge", "", alpha=10.0),
+        Variant("ridge", "", alpha=100.0),
+        Variant("knn", "", temperature=0.05),
+        Variant("knn", "", temperature=0.2),
+        Variant("knn", "", k=300, temperature=0.2),
+        Variant("knn", "", k=300, temperature=1.0),
+        Variant("blend", "", alpha=1.0, temperature=0.05),
+        Variant("blend", "", alpha=10.0, temperature=0.2),
+    ]
+    grid = []
+    for base, labels, features in itertools.product(models, LABEL_SETS, (False, True)):
+        if base.model == "knn" and features:
+            continue  # surface features only enter the linear part
+        grid.append(Variant(base.model, labels, features, base.alpha, base.k, base.temperature))
+    return grid
+
+
+def standardise_within_source(values: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(values, dtype=np.float64)
+    for source in np.unique(sources):
+        rows = sources == source
+        block = values[rows]
+        std = block.std(axis=0)
+        out[rows] = (block - block.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    return out
+
+
+def fit_ridge(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ridge with an unpenalised intercept, all targets at once."""
+    w = weight / weight.sum()
+    x_mean = w @ x
+    y_mean = w @ y
+    xc, yc = x - x_mean, y - y_mean
+    gram = (xc * w[:, None]).T @ xc * len(x) + alpha * np.eye(x.shape[1])
+    coef = np.linalg.solve(gram, (xc * w[:, None]).T @ yc * len(x))
+    return coef, y_mean - x_mean @ coef
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b through torch: numpy's BLAS keeps its own threads spinning after each call,
+    and on a small machine they steal the cores the embedder's torch threads need next
+    (measured: one-prompt calls ran 3x slower)."""
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x if x.dtype == np.float32 else x.astype(np.float32))
+
+    return tensor(a).matmul(tensor(b)).numpy()
+
+
+def knn_predict(
+    queries: np.ndarray,
+    bank: np.ndarray,
+    targets: np.ndarray,
+    weight: np.ndarray,
+    k: int,
+    temperature: float,
+) -> np.ndarray:
+    k = min(k, len(bank))
+    out = np.empty((len(queries), targets.shape[1]))
+    for start in range(0, len(queries), QUERY_CHUNK):
+        sims = matmul(queries[start : start + QUERY_CHUNK], bank.T)
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        near = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+        mass = np.exp((near - near.max(axis=1, keepdims=True)) / temperature) * weight[top]
+        mass /= mass.sum(axis=1, keepdims=True)
+        out[start : start + QUERY_CHUNK] = np.einsum("qk,qkl->ql", mass, targets[top])
+    return out
+
+
+@dataclass
+class Bank:
+    """The training prompts kNN members look up: embeddings and all labels."""
+
+    embeddings: np.ndarray
+    targets: np.ndarray
+
+
+@dataclass
+class Member:
+    """A variant fitted on some rows. `norms` holds, per label, the mean and spread of the
+    ridge and kNN predictions; `output` the mean and spread of the member's combined output,
+    both on training rows, so that members and their parts average on one scale."""
+
+    variant: Variant
+    coef: np.ndarray | None
+    intercept: np.ndarray | None
+    norms: np.ndarray  # (labels, 4)
+    output: np.ndarray  # (2,)
+    # kNN: the bank rows this member may look up (those with positive weight), and weights.
+    rows: np.ndarray | None = None
+    row_weight: np.ndarray | None = None
+
+    def _lookup(self, bank: Bank) -> tuple[np.ndarray, np.ndarray]:
+        if self.rows is None or len(self.rows) == len(bank.embeddings):
+            return bank.embeddings, bank.targets[:, self.variant.columns]
+        return bank.embeddings[self.rows], bank.targets[self.rows][:, self.variant.columns]
+
+    def ridge(self, emb: np.ndarray, feats: np.ndarray | None) -> np.ndarray:
+        return matmul(_design(emb, feats, self.variant.features), self.coef) + self.intercept
+
+    def knn(self, emb: np.ndarray, bank: Bank) -> np.ndarray:
+        bank_emb, bank_targets = self._lookup(bank)
+        v = self.variant
+        return knn_predict(emb, bank_emb, bank_targets, self.row_weight, v.k, v.temperature)
+
+    def predict(self, emb: np.ndarray, feats: np.ndarray | None, bank: Bank | None) -> np.ndarray:
+        share = self.variant.ridge_share
+        total = np.zeros((len(emb), len(self.variant.columns)))
+        if share > 0:
+            total += share * (self.ridge(emb, feats) - self.norms[:, 0]) / self.norms[:, 1]
+        if share < 1:
+            total += (1 - share) * (self.knn(emb, bank) - self.norms[:, 2]) / self.norms[:, 3]
+        return (total.mean(axis=1) - self.output[0]) / self.output[1]
+
+
+def _design(emb: np.ndarray, feats: np.ndarray | None, use: bool) -> np.ndarray:
+    if not use:
+        return emb
+    if feats is None:
+        raise ValueError("this member reads surface features: pass prompt_features(prompts)")
+    return np.hstack([emb, FEATURE_SCALE * feats])
+
+
+def fit_member(variant: Variant, bank: Bank, feats: np.ndarray, weight: np.ndarray) -> Member:
+    """Fit on the bank's rows with positive weight (`bank.targets` holds every label)."""
+    emb = bank.embeddings
+    rows = np.flatnonzero(weight > 0)
+    n = len(variant.columns)
+    member = Member(
+        variant, None, None, np.tile([0.0, 1.0, 0.0, 1.0], (n, 1)), np.array([0.0, 1.0])
+    )
+    if variant.ridge_share > 0:
+        member.coef, member.intercept = fit_ridge(
+            _design(emb[rows], feats[rows], variant.features),
+            bank.targets[rows][:, variant.columns],
+            weight[rows],
+            variant.alpha,
+        )
+    if variant.ridge_share < 1:
+        member.rows, member.row_weight = rows.astype(np.int64), weight[rows].astype(np.float64)
+    # Scales from a fixed sample of training rows. A kNN prediction of a training row includes
+    # that row, which inflates its spread a little, equally for every label.
+    sample = rows[np.random.default_rng(0).permutation(len(rows))[:NORM_SAMPLE]]
+    if variant.ridge_share > 0:
+        ridge = member.ridge(emb[sample], feats[sample])
+        member.norms[:, 0], member.norms[:, 1] = ridge.mean(0), ridge.std(0) + 1e-9
+    if variant.ridge_share < 1:
+        knn = member.knn(emb[sample], bank)
+        member.norms[:, 2], member.norms[:, 3] = knn.mean(0), knn.std(0) + 1e-9
+    out = member.predict(emb[sample], feats[sample], bank)
+    member.output = np.array([out.mean(), out.std() + 1e-9])
+    return member
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """P = sigmoid(a x + b) fitted to soft labels y in [0, 1], with an intercept per group.
+
+    Sources differ in how often the strong model wins at all; one shared intercept would let
+    those base rates, not the prompt, decide the slope. The returned intercept is the groups'
+    row-weighted mean."""
+    codes, names = pd.factorize(pd.Series(groups))
+    params = torch.zeros(1 + len(names), dtype=torch.float64, requires_grad=True)
+    xt, yt = (torch.as_tensor(a, dtype=torch.float64) for a in (x, y))
+    ct = torch.as_tensor(codes, dtype=torch.long)
+    optimiser = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        logits = params[0] * xt + params[1:][ct]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    a = float(params[0].detach())
+    b = float(params[1:].detach()[ct].mean())
+    return a, b
+
+
+def held_out_splits(
+    prompts: pd.Series, sources: np.ndarray, golden: np.ndarray, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) row masks: K folds of the golden rows (every other row always trains),
+    or, without golden rows, one whole training source held out at a time."""
+    if golden.any():
+        fold = prompt_folds(prompts, folds, seed)
+        return [(~(golden & (fold == f)), golden & (fold == f)) for f in range(folds)]
+    return [(sources != s, sources == s) for s in np.unique(sources)]
+
+
+MIN_JUDGED_ROWS = 20
+
+
+def _judged_sources(sources: np.ndarray, golden: np.ndarray) -> list[str]:
+    """The sources whose held-out APGR is the criterion: the golden ones if any, else every
+    source large enough to draw a cost-quality curve on (all, if none is)."""
+    pool = sources[golden] if golden.any() else sources
+    names, counts = np.unique(pool, return_counts=True)
+    large = names[counts >= MIN_JUDGED_ROWS]
+    return [str(s) for s in (large if len(large) else names)]
+
+
+@dataclass
+class _Candidate:
+    text: str
+    variant: Variant
+    held_out: np.ndarray
+    criterion: float
+    by_source: dict[str, float]
+
+
+class QualityGapRouter(LazyEmbedder, BaseRouter):
+    kind = "quality_gap"
+    trains_on: ClassVar[str] = "prompt_labels"
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        bank: Bank | None,
+        calibration: tuple[float, float],
+        feature_stats: tuple[np.ndarray, np.ndarray],
+        *,
+        text: str = "prompt",
+        strong_model: str = STRONG_MODEL,
+        weak_model: str = WEAK_MODEL,
+        embedder: dict[str, Any] | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+    ) -> None:
+        if text not in TEXT_MODES:
+            raise ValueError(f"text must be one of {sorted(TEXT_MODES)}, got {text!r}")
+        self.members = list(members)
+        self.bank = bank
+        self.calibration = calibration
+        self.feature_mean, self.feature_std = (np.asarray(a, np.float32) for a in feature_stats)
+        self.text = text
+        self.strong_model = strong_model
+        self.weak_model = weak_model
+        self.embedder_config = dict(embedder or {})
+        self.hyperparameters = dict(hyperparameters or {})
+
+    @property
+    def uses_features(self) -> bool:
+        return any(m.variant.features and m.variant.ridge_share > 0 for m in self.members)
+
+    def score(self, prompts: Sequence[str]) -> np.ndarray:
+        prompts = list(prompts)
+        to_text = TEXT_MODES[self.text]
+        embeddings = self.embedder.encode([to_text(p) for p in prompts])
+        # Surface features cost a regex pass per prompt: only when a member reads them.
+        raw_features = prompt_features(prompts) if self.uses_features else None
+        return self.score_embeddings(embeddings, raw_features)
+
+    def gap(self, embeddings: np.ndarray, raw_features: np.ndarray | None) -> np.ndarray:
+        """The standardised predicted quality gap (higher: the strong model helps more)."""
+        feats = None
+        if raw_features is not None:
+            feats = (raw_features - self.feature_mean) / self.feature_std
+        emb = np.asarray(embeddings, dtype=np.float32)
+        return np.mean([m.predict(emb, feats, self.bank) for m in self.members], axis=0)
+
+    def score_embeddings(
+        self, embeddings: np.ndarray, raw_features: np.ndarray | None = None
+    ) -> np.ndarray:
+        a, b = self.calibration
+        return 1.0 / (1.0 + np.exp(-(a * self.gap(embeddings, raw_features) + b)))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "members": [asdict(m.variant) for m in self.members],
+            "calibration": list(self.calibration),
+            "strong_model": self.strong_model,
+            "weak_model": self.weak_model,
+            "embedder": self.embedder_config,
+            "hyperparameters": self.hyperparameters,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {
+            "feature_mean": torch.from_numpy(self.feature_mean),
+            "feature_std": torch.from_numpy(self.feature_std),
+        }
+        for i, m in enumerate(self.members):
+            out[f"member{i}.norms"] = torch.from_numpy(m.norms.astype(np.float64))
+            out[f"member{i}.output"] = torch.from_numpy(m.output.astype(np.float64))
+            if m.coef is not None:
+                out[f"member{i}.coef"] = torch.from_numpy(m.coef.astype(np.float32))
+                out[f"member{i}.intercept"] = torch.from_numpy(m.intercept.astype(np.float32))
+            if m.rows is not None:
+                out[f"member{i}.rows"] = torch.from_numpy(m.rows.astype(np.int64))
+                out[f"member{i}.row_weight"] = torch.from_numpy(m.row_weight.astype(np.float32))
+        if self.bank is not None:
+            # Half precision halves the file; cosine similarities move by < 1e-3.
+            out["bank.embeddings"] = torch.from_numpy(self.bank.embeddings.astype(np.float16))
+            out["bank.targets"] = torch.from_numpy(self.bank.targets.astype(np.float32))
+        return out
+
+    @classmethod
+    def from_checkpoint(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any
+    ) -> QualityGapRouter:
+        for key in ("strong_model", "weak_model"):
+            if overrides.get(key) and overrides[key] != config[key]:
+                raise ValueError(
+                    f"a quality_gap router is trained for one pair ({config['strong_model']} vs "
+                    f"{config['weak_model']}); retrain it for {key}={overrides[key]!r}"
+                )
+
+        def array(name: str) -> np.ndarray | None:
+            return tensors[name].numpy().astype(np.float64) if name in tensors else None
+
+        members = [
+            Member(
+                Variant(**variant),
+                array(f"member{i}.coef"),
+                array(f"member{i}.intercept"),
+                array(f"member{i}.norms"),
+                array(f"member{i}.output"),
+                tensors[f"member{i}.rows"].numpy() if f"member{i}.rows" in tensors else None,
+                array(f"member{i}.row_weight"),
+            )
+            for i, variant in enumerate(config["members"])
+        ]
+        bank = None
+        if "bank.embeddings" in tensors:
+            bank = Bank(
+                tensors["bank.embeddings"].numpy().astype(np.float32), array("bank.targets")
+            )
+        return cls(
+            members,
+            bank,
+            tuple(config["calibration"]),
+            (tensors["feature_mean"].numpy(), tensors["feature_std"].numpy()),
+            text=config["text"],
+            strong_model=config["strong_model"],
+            weak_model=config["weak_model"],
+            embedder=config.get("embedder"),
+            hyperparameters=config.get("hyperparameters"),
+        )
+
+    @classmethod
+    def train(
+        cls,
+        labels: pd.DataFrame,
+        *,
+        seed: int = 0,
+        embedder: dict[str, Any] | None = None,
+        folds: int = 5,
+        grid: Iterable[Variant] | None = None,
+        texts: Sequence[str] | None = None,
+        ensemble_sizes: Sequence[int] = ENSEMBLE_SIZES,
+        strong_model: str = STRONG_MODEL,
+        weak_model: str = WEAK_MODEL,
+        log: Callable[[str], None] = print,
+        show_progress: bool = True,
+    ) -> QualityGapRouter:
+        """Choose text, members and calibration by held-out APGR, then refit on every row."""
+        labels = labels.reset_index(drop=True)
+        sources = labels["source"].to_numpy().astype(str)
+        golden = np.char.startswith(sources, GOLDEN_PREFIX)
+        judged = _judged_sources(sources, golden)
+        grid = list(grid or default_grid(bool(golden.any())))
+        # Cross-fitting trains K routers; there the benchmark's own text is the one to learn.
+        texts = list(texts or (["prompt"] if golden.any() else list(TEXT_MODES)))
+        prompts = labels["prompt"].tolist()
+        raw_features = prompt_features(prompts)
+        mean, std = raw_features.mean(0), raw_features.std(0) + 1e-6
+        feats = (raw_features - mean) / std
+        targets = standardise_within_source(labels[list(LABELS)].to_numpy(float), sources)
+        splits = held_out_splits(labels["prompt"], sources, golden, folds, seed)
+        weak_q = labels["weak_q"].to_numpy(float)
+        strong_q = labels["strong_q"].to_numpy(float)
+
+        def weights(variant: Variant) -> np.ndarray:
+            return np.where(golden, 1.0, variant.other_weight)
+
+        def judge(pred: np.ndarray) -> tuple[float, dict[str, float]]:
+            by_source = {}
+            for s in judged:
+                rows = sources == s
+                by_source[s] = evaluate_scores(pred[rows], weak_q[rows], strong_q[rows])[1].apgr
+            return float(np.mean(list(by_source.values()))), by_source
+
+        candidates: list[_Candidate] = []
+        embedded: dict[str, np.ndarray] = {}
+        embed = get_embedder(**(embedder or {}))
+        for text in texts:
+            log(f"embedding {len(set(prompts))} unique prompts ({text})")
+            embedded[text] = emb = embed.encode([TEXT_MODES[text](p) for p in prompts])
+            for variant in grid:
+                pred = np.zeros(len(labels))
+                w = weights(variant)
+                for train, test in splits:
+                    bank = Bank(emb[train], targets[train])
+                    member = fit_member(variant, bank, feats[train], w[train])
+                    pred[test] = member.predict(emb[test], feats[test], bank)
+                criterion, by_source = judge(pred)
+                candidates.append(_Candidate(text, variant, pred, criterion, by_source))
+                log(
+                    f"  {text}: {variant.describe()}: held-out APGR {criterion:.3f} ("
+                    + ", ".join(f"{s} {v:.3f}" for s, v in by_source.items())
+                    + ")"
+                )
+
+        # Average the best N members (a text's own ranking) and keep the N and text whose
+        # average does best held out; ties go to the smaller ensemble.
+        best: tuple[float, str, list[_Candidate], dict[str, float], np.ndarray] | None = None
+        for text in texts:
+            ranked = sorted((c for c in candidates if c.text == text), key=lambda c: -c.criterion)
+            for size in ensemble_sizes:
+                chosen = ranked[:size]
+                pred = np.mean([c.held_out for c in chosen], axis=0)
+                criterion, by_source = judge(pred)
+                log(f"  {text}: average of the best {size}: held-out APGR {criterion:.3f}")
+                if best is None or criterion > best[0] + 1e-12:
+                    best = (criterion, text, chosen, by_source, pred)
+        criterion, text, chosen, by_source, pred = best
+        log(
+            f"chosen: text={text}, {len(chosen)} member(s) (held-out APGR {criterion:.3f}): "
+            + "; ".join(c.variant.describe() for c in chosen)
+        )
+
+        emb = embedded[text]
+        full = Bank(emb, targets)
+        members = [fit_member(c.variant, full, feats, weights(c.variant)) for c in chosen]
+        bank = full if any(m.rows is not None for m in members) else None
+        # The logistic map is fitted on held-out predictions, so the probabilities are those of
+        # prompts the predictors did not see.
+        soft = np.clip((labels["pair_gap"].to_numpy(float) + 1) / 2, 0, 1)
+        calibration = fit_logistic(pred, soft, sources)
+        router = cls(
+            members,
+            bank,
+            calibration,
+            (mean, std),
+            text=text,
+            strong_model=strong_model,
+            weak_model=weak_model,
+            embedder=embedder,
+            hyperparameters={
+                "seed": seed,
+                "held_out": "K folds of golden rows"
+                if golden.any()
+                else "leave one training source out",
+                "criterion": "mean held-out APGR over " + ", ".join(judged),
+                "held_out_apgr": criterion,
+                "held_out_apgr_by_source": by_source,
+                "candidates": [
+                    {"text": c.text, "variant": c.variant.describe(), "apgr": round(c.criterion, 4)}
+                    for c in candidates
+                ],
+            },
+        )
+        # Through the saved precision (half-precision bank), so that a trained router and its
+        # reloaded copy score identically.
+        return cls.from_checkpoint(router.config(), router.tensors())

