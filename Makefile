@@ -42,18 +42,18 @@ gpu: $(STAMP)
 
 # Retrain the shipped default router (weights are committed under routers/default_router).
 default-router: $(STAMP)
-	.venv/bin/routeray train --router quality_gap --data-dir $(DATA)/train \
+	.venv/bin/routeray train --kind quality_gap --train-dir $(DATA)/train \
 		--eval-dir $(DATA)/eval --output routers/default_router --seed 0
 
 eval: $(STAMP)
 	for b in mt-bench mmlu gsm8k; do \
-		.venv/bin/routeray eval --benchmark $$b --routers random --routers default \
-			--data-dir $(DATA)/eval --output out/eval/$$b || exit 1; \
+		.venv/bin/routeray eval --benchmark $$b --router random --router default \
+			--eval-dir $(DATA)/eval --output out/eval/$$b || exit 1; \
 	done
 	# The paper's in-distribution setting: 5 routers, each scoring the fold it did not see.
 	for b in mmlu gsm8k; do \
-		.venv/bin/routeray eval --benchmark $$b --routers random --routers default \
-			--cross-fit 5 --data-dir $(DATA)/eval --train-dir $(DATA)/train \
+		.venv/bin/routeray eval --benchmark $$b --router random --router default \
+			--cross-fit 5 --eval-dir $(DATA)/eval --train-dir $(DATA)/train \
 			--output out/eval/$$b-cross-fit || exit 1; \
 	done
 

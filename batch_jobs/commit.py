@@ -118,7 +118,7 @@ class CommitTracker:
 
     def published(self, relative: str) -> None:
         self.done += 1
-        print(f"routeray: published {relative} ({self.done}/{self.total} files done)", flush=True)
+        logger.info("published %s (%d/%d files done)", relative, self.done, self.total)
 
 
 def _total_stats(tables: Iterable[dict[str, float]]) -> dict[str, float]:
@@ -191,7 +191,7 @@ def run_files(
     pending = [f for f in files if f.relative not in done]
     _clear_leftovers(output)
     if len(done):
-        print(f"routeray: {len(files) - len(pending)} of {len(files)} files already done")
+        logger.info("%d of %d files already done", len(files) - len(pending), len(files))
     for file in (f for f in pending if f.num_rows == 0):
         with file.location.fs.open_input_file(file.location.path) as handle:
             publish(output, file.relative, [empty_result(pq.read_table(handle))], stats)

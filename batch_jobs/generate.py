@@ -7,12 +7,11 @@ A row whose answer fails keeps its reason in `error`; the job goes on. Results a
 per input file like the route job's, so a killed job resumes without repeating a row.
 
     routeray batch generate --input routed/ --output answers/ --config generate.yaml
-    ray job submit -- python -m batch_jobs.generate --input ... --output ... --config ...
+    ray job submit -- routeray batch generate --input ... --output ... --config ...
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
@@ -33,13 +32,13 @@ from batch_jobs.route import (
     DEFAULT_BATCH_SIZE,
     ROUTE_COLUMN,
     RouteBatch,
-    resolve_threshold,
+    job_threshold,
     route_table,
 )
 from batch_jobs.storage import locate
-from routers.checkpoint import default_router_dir
 from routers.prices import Prices
 from routers.prompts import ERROR_COLUMN
+from routers.shipped import router_path
 
 RESPONSE_COLUMN = "response"
 MODEL_COLUMN = "answered_by"
@@ -239,8 +238,10 @@ def run(
     output_path: str,
     config: GenerateConfig,
     *,
-    router_dir: str | None = None,
+    router: str | None = None,
+    load_options: dict[str, Any] | None = None,
     threshold: float | None = None,
+    strong_pct: float | None = None,
     prompt_column: str = "prompt",
     route_batch_size: int = DEFAULT_BATCH_SIZE,
     s3_endpoint: str | None = None,
@@ -252,9 +253,8 @@ def run(
     source, output = locate(input_path, s3_endpoint), locate(output_path, s3_endpoint)
     files = inspect_inputs(source, prompt_column)
     routed = all(ROUTE_COLUMN in dict(f.columns) for f in files)
-    router_dir = None if routed else str(router_dir or default_router_dir())
-    if router_dir:
-        threshold = resolve_threshold(router_dir, threshold, None, [])
+    router_dir = None if routed else str(router_path(router))
+    load_options = dict(load_options or {})
     identity = {
         "job": "generate",
         "input": input_path.rstrip("/"),
@@ -262,9 +262,16 @@ def run(
         "router": router_dir,
         "threshold": threshold,
         "prompt_column": prompt_column,
+        **({"strong_pct": strong_pct} if strong_pct is not None else {}),
+        **({"load_options": load_options} if load_options else {}),
     }
+    if router_dir:
+        # Deterministic (a seeded calibration sample), so a rerun decides the same threshold.
+        threshold = job_threshold(
+            router_dir, load_options, threshold, strong_pct, source.fs, files, prompt_column
+        )
     if open_job(output, identity, overwrite) is None:
-        record_job(output, identity)
+        record_job(output, identity, threshold_used=threshold)
     prices = config.prices.model_dump()
 
     def answer(side: str, dataset: Any) -> Any:
@@ -307,6 +314,7 @@ def run(
                     "prompt_column": prompt_column,
                     "prices": prices,
                     "threads": 1,
+                    "load_options": load_options,
                 },
                 batch_size=route_batch_size,
                 batch_format="pyarrow",
@@ -324,34 +332,3 @@ def run(
     summary = summarize(totals, output_path)
     output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", required=True, help="Routed (or raw) Parquet, local or s3://")
-    parser.add_argument("--output", required=True, help="Output directory, local or s3://")
-    parser.add_argument("--config", required=True, help="generate.yaml or a serve config file")
-    parser.add_argument("--router", help="Router for rows not yet routed (default: shipped)")
-    parser.add_argument("--threshold", type=float)
-    parser.add_argument("--prompt-column", default="prompt")
-    parser.add_argument("--s3-endpoint")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    import ray
-
-    ray.init(ignore_reinit_error=True)
-    summary = run(
-        args.input,
-        args.output,
-        GenerateConfig.from_yaml(args.config),
-        router_dir=args.router,
-        threshold=args.threshold,
-        prompt_column=args.prompt_column,
-        s3_endpoint=args.s3_endpoint,
-        overwrite=args.overwrite,
-    )
-    print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -124,7 +124,7 @@ def read_units(fs: Any, units: list[dict[str, Any]]) -> Any:
     )
 
 
-def sample_prompts(
+def calibration_sample(
     fs: Any, files: list[InputFile], prompt_column: str, size: int, seed: int = 0
 ) -> list[Any]:
     """About `size` prompts drawn from row groups across the whole archive, reproducibly, so a

@@ -1,11 +1,10 @@
 """Ray Data job: route a Parquet archive with a router and write the decisions back.
 
-Run it as `routeray batch route ...` or under `ray job submit -- python -m batch_jobs.route ...`.
+Run it as `routeray batch route ...`, on a cluster as `ray job submit -- routeray batch route ...`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -16,18 +15,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_jobs.commit import SUMMARY_FILE, WRITE_CPUS, open_job, record_job, run_files
-from batch_jobs.inputs import READ_CPUS, InputFile, inspect_inputs, sample_prompts
+from batch_jobs.inputs import READ_CPUS, InputFile, calibration_sample, inspect_inputs
 from batch_jobs.storage import locate
-from routers.checkpoint import CONFIG_FILE, default_router_dir, load_router, read_config
-from routers.evaluation.calibration import threshold_for_strong_share
+from routers.checkpoint import CONFIG_FILE, load_router
 from routers.prices import Prices, estimate_tokens
 from routers.prompts import SCORE_COLUMN, score_table
+from routers.shipped import router_path
+from routers.thresholds import resolve_threshold
 
 ROUTE_COLUMN = "route"
-# The embedder sorts each call's prompts by length before batching them: calls of 1,024 mixed
-# prompts padded to 13 % more tokens than one global sort, calls of 4,096 to 2 %.
+# The embedder sorts each call's prompts by length before batching them, so a larger call pads
+# less (docs/BENCHMARKS.md, batch route).
 DEFAULT_BATCH_SIZE = 4096
 COST_COLUMN = "estimated_cost"
+# Prompts a strong share is calibrated on.
+CALIBRATION_SIZE = 2000
 
 
 class RouteBatch:
@@ -40,13 +42,14 @@ class RouteBatch:
         prompt_column: str,
         prices: dict[str, Any],
         threads: int | None = None,
+        load_options: dict[str, Any] | None = None,
     ) -> None:
         if threads:
             import torch
 
             # A fractional-CPU actor must not start one torch thread per core of the node.
             torch.set_num_threads(threads)
-        self.router = load_router(router_dir)
+        self.router = load_router(router_dir, **(load_options or {}))
         self.threshold = threshold
         self.prompt_column = prompt_column
         self.prices = Prices.model_validate(prices)
@@ -109,25 +112,25 @@ def summarize(totals: dict[str, float], threshold: float, output: str) -> dict[s
     }
 
 
-def resolve_threshold(
-    router_dir: str, threshold: float | None, strong_pct: float | None, sample: list[str]
+def job_threshold(
+    router_dir: str,
+    load_options: dict[str, Any],
+    threshold: float | None,
+    strong_pct: float | None,
+    fs: Any,
+    files: list[InputFile],
+    prompt_column: str,
+    calibration_size: int = CALIBRATION_SIZE,
 ) -> float:
-    if threshold is not None and strong_pct is not None:
-        raise ValueError("give either a threshold or a strong share, not both")
-    if threshold is not None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        return threshold
+    """The job's threshold (routers.thresholds); a strong share is calibrated on a
+    reproducible sample of prompts from across the archive."""
+    scorer, sample = None, []
     if strong_pct is not None:
-        router = load_router(router_dir)
-        sample = [p for p in sample if isinstance(p, str) and p.strip()]
-        return threshold_for_strong_share(router.score(sample), strong_pct)
-    calibrated = read_config(router_dir).get("metadata", {}).get("default_threshold")
-    if calibrated is None:
-        raise ValueError(
-            f"{router_dir} records no default threshold: pass --threshold or --strong-pct"
-        )
-    return float(calibrated)
+        scorer = load_router(router_dir, **load_options)
+        sample = calibration_sample(fs, files, prompt_column, calibration_size)
+    return resolve_threshold(
+        router_dir, threshold=threshold, strong_pct=strong_pct, router=scorer, prompts=sample
+    )
 
 
 def actor_layout(
@@ -158,7 +161,9 @@ def call_size(batch_size: int, files: list[InputFile], actors: int) -> int:
     return max(1, min(batch_size, -(-rows // actors)))
 
 
-def _router_identity(router_dir: str) -> str:
+def router_identity(router_dir: str | Path) -> str:
+    """What a job records about its router: a hash of its config (which holds the weights'
+    hash), so a rerun with another router is refused instead of mixing results."""
     return hashlib.sha256(Path(router_dir, CONFIG_FILE).read_bytes()).hexdigest()
 
 
@@ -166,7 +171,8 @@ def run(
     input_path: str,
     output_path: str,
     *,
-    router_dir: str | None = None,
+    router: str | None = None,
+    load_options: dict[str, Any] | None = None,
     threshold: float | None = None,
     strong_pct: float | None = None,
     prompt_column: str = "prompt",
@@ -174,7 +180,7 @@ def run(
     num_actors: int | None = None,
     num_cpus: float | None = None,
     num_gpus: float = 0.0,
-    calibration_sample: int = 2000,
+    calibration_size: int = CALIBRATION_SIZE,
     prices: Prices | None = None,
     s3_endpoint: str | None = None,
     overwrite: bool = False,
@@ -182,27 +188,36 @@ def run(
     """Route every file under `input_path` into `output_path`; resumable (see batch_jobs.commit)."""
     import ray
 
-    router_dir = str(router_dir or default_router_dir())
+    router_dir = str(router_path(router))
+    load_options = dict(load_options or {})
     prices = prices or Prices()
     source, output = locate(input_path, s3_endpoint), locate(output_path, s3_endpoint)
     files = inspect_inputs(source, prompt_column)
     identity = {
         "job": "route",
         "input": input_path.rstrip("/"),
-        "router_sha256": _router_identity(router_dir),
+        "router_sha256": router_identity(router_dir),
         "prompt_column": prompt_column,
         "threshold": threshold,
         "strong_pct": strong_pct,
         "prices": prices.model_dump(),
+        # Only when given, so that jobs recorded before load options existed still resume.
+        **({"load_options": load_options} if load_options else {}),
     }
     recorded = open_job(output, identity, overwrite)
     if recorded is not None:
         cutoff = float(recorded["threshold_used"])
     else:
-        sample = []
-        if strong_pct is not None:
-            sample = sample_prompts(source.fs, files, prompt_column, calibration_sample)
-        cutoff = resolve_threshold(router_dir, threshold, strong_pct, sample)
+        cutoff = job_threshold(
+            router_dir,
+            load_options,
+            threshold,
+            strong_pct,
+            source.fs,
+            files,
+            prompt_column,
+            calibration_size,
+        )
         record_job(output, identity, threshold_used=cutoff)
 
     actors, cpus, threads = actor_layout(num_actors, num_cpus, num_gpus)
@@ -217,6 +232,7 @@ def run(
                 "prompt_column": prompt_column,
                 "prices": prices.model_dump(),
                 "threads": threads,
+                "load_options": load_options,
             },
             batch_size=batch_size,
             batch_format="pyarrow",
@@ -232,45 +248,3 @@ def run(
     summary = summarize(totals, cutoff, output_path)
     output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", required=True, help="Parquet file or directory, local or s3://")
-    parser.add_argument("--output", required=True, help="Output directory, local or s3://")
-    parser.add_argument("--router", help="Router directory (default: the shipped one)")
-    parser.add_argument("--threshold", type=float)
-    parser.add_argument("--strong-pct", type=float)
-    parser.add_argument("--prompt-column", default="prompt")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--num-actors", type=int, help="Router actors (default: fill the cluster)")
-    parser.add_argument("--num-cpus", type=float, help="CPUs per router actor")
-    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per router actor")
-    parser.add_argument("--prices", help="prices.yaml (USD per million tokens)")
-    parser.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS or $AWS_ENDPOINT_URL)")
-    parser.add_argument("--overwrite", action="store_true", help="Discard earlier results")
-    args = parser.parse_args(argv)
-    import ray
-
-    # Under `ray job submit` (or with RAY_ADDRESS) this joins that cluster, else starts one here.
-    ray.init(ignore_reinit_error=True)
-    summary = run(
-        args.input,
-        args.output,
-        router_dir=args.router,
-        threshold=args.threshold,
-        strong_pct=args.strong_pct,
-        prompt_column=args.prompt_column,
-        batch_size=args.batch_size,
-        num_actors=args.num_actors,
-        num_cpus=args.num_cpus,
-        num_gpus=args.num_gpus,
-        prices=Prices.from_yaml(args.prices) if args.prices else None,
-        s3_endpoint=args.s3_endpoint,
-        overwrite=args.overwrite,
-    )
-    print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()

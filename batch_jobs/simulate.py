@@ -4,13 +4,12 @@ Scores every prompt once per router on Ray Data, then sweeps thresholds on the d
 sort and cumulative sums (routers.evaluation.simulation). Writes `summary.json`, `curve.parquet`,
 `report.md` and `cost_quality.png` into the output directory.
 
-    routeray simulate --input traffic/ --prices prices.yaml --output sim/ [--routers DIR ...]
-    ray job submit -- python -m batch_jobs.simulate --input ... --prices ... --output ...
+    routeray simulate --input traffic/ --prices prices.yaml --output sim/ [--router DIR ...]
+    ray job submit -- routeray simulate --input ... --prices ... --output ...
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import pyarrow as pa
 from batch_jobs.inputs import READ_CPUS, inspect_inputs, read_units, work_units
 from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, call_size
 from batch_jobs.storage import Location, locate
-from routers.checkpoint import default_router_dir, load_router, read_config
+from routers.checkpoint import load_router
+from routers.evaluation.calibration import thresholds_for_shares
 from routers.evaluation.simulation import (
     CurvePoint,
     pareto_front,
@@ -30,17 +30,18 @@ from routers.evaluation.simulation import (
     recommend,
     sweep,
     thresholds_for,
-    thresholds_for_shares,
 )
 from routers.prices import Prices
 from routers.prompts import SCORE_COLUMN, score_table
+from routers.shipped import SHIPPED, router_path
+from routers.thresholds import recorded_threshold
 
 LABEL_COLUMNS = ("strong_score", "weak_score", "winner")
 CARRIED = ("input_tokens", "output_tokens", "timestamp", *LABEL_COLUMNS)
 
 
 def _router_name(spec: str, taken: set[str]) -> str:
-    name = "default" if spec == "default" else Path(spec).name
+    name = spec if spec in SHIPPED else Path(spec).name
     while name in taken:
         name += "'"
     taken.add(name)
@@ -52,12 +53,18 @@ class ScoreRouters:
     tokenizer when the traffic has none), and only the columns the simulation needs."""
 
     def __init__(
-        self, routers: dict[str, str], prompt_column: str, tokenizer: str | None, threads: int
+        self,
+        routers: dict[str, str],
+        prompt_column: str,
+        tokenizer: str | None,
+        threads: int,
+        load_options: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.routers = {name: load_router(path) for name, path in routers.items()}
+        options = load_options or {}
+        self.routers = {name: load_router(path, **options) for name, path in routers.items()}
         self.prompt_column = prompt_column
         self.tokenizer_path = tokenizer
         self._tokenizer: Any = None
@@ -100,6 +107,7 @@ def score_traffic(
     tokenizer: str | None,
     batch_size: int,
     num_actors: int | None,
+    load_options: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     import ray
 
@@ -108,7 +116,7 @@ def score_traffic(
     actors, cpus, threads = actor_layout(num_actors, None, 0.0, reserved_cpus=READ_CPUS)
     scored = read_units(source.fs, work_units(files)).map_batches(
         ScoreRouters,
-        fn_constructor_args=(routers, prompt_column, tokenizer, threads),
+        fn_constructor_args=(routers, prompt_column, tokenizer, threads, load_options),
         batch_size=call_size(batch_size, files, actors),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -306,6 +314,7 @@ def run(
     *,
     prices: Prices,
     routers: list[str] | None = None,
+    load_options: dict[str, Any] | None = None,
     thresholds: int = 100,
     strong_pct_grid: list[float] | None = None,
     budget: float | None = None,
@@ -320,12 +329,16 @@ def run(
         raise ValueError("give either --budget or --quality-target, not both")
     taken: set[str] = set()
     specs = routers or ["default"]
-    named = {
-        _router_name(spec, taken): str(default_router_dir() if spec == "default" else spec)
-        for spec in specs
-    }
+    named = {_router_name(spec, taken): str(router_path(spec)) for spec in specs}
+    recorded = {name: recorded_threshold(path) for name, path in named.items()}
     frame = score_traffic(
-        locate(input_path, s3_endpoint), named, prompt_column, tokenizer, batch_size, num_actors
+        locate(input_path, s3_endpoint),
+        named,
+        prompt_column,
+        tokenizer,
+        batch_size,
+        num_actors,
+        load_options,
     )
     result = simulate_frame(
         frame,
@@ -335,10 +348,7 @@ def run(
         strong_pct_grid=strong_pct_grid,
         budget=budget,
         quality_target=quality_target,
-        default_thresholds={
-            name: float(read_config(path).get("metadata", {}).get("default_threshold", 0.5))
-            for name, path in named.items()
-        },
+        default_thresholds={name: t for name, t in recorded.items() if t is not None},
     )
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -347,40 +357,3 @@ def run(
     curve.to_parquet(output / "curve.parquet", index=False)
     write_report(output, summary, curve)
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", required=True, help="Traffic Parquet, local or s3://")
-    parser.add_argument("--prices", required=True, help="prices.yaml")
-    parser.add_argument("--output", required=True, help="Local output directory")
-    parser.add_argument("--routers", nargs="*", help="Router directories or 'default'")
-    parser.add_argument("--thresholds", type=int, default=100)
-    parser.add_argument("--strong-pct-grid", type=float, nargs="*")
-    parser.add_argument("--budget", type=float)
-    parser.add_argument("--quality-target", type=float)
-    parser.add_argument("--prompt-column", default="prompt")
-    parser.add_argument("--tokenizer", help="Tokenizer path for input tokens (default: MiniLM)")
-    parser.add_argument("--s3-endpoint")
-    args = parser.parse_args(argv)
-    import ray
-
-    ray.init(ignore_reinit_error=True)
-    summary = run(
-        args.input,
-        args.output,
-        prices=Prices.from_yaml(args.prices),
-        routers=args.routers,
-        thresholds=args.thresholds,
-        strong_pct_grid=args.strong_pct_grid,
-        budget=args.budget,
-        quality_target=args.quality_target,
-        prompt_column=args.prompt_column,
-        tokenizer=args.tokenizer,
-        s3_endpoint=args.s3_endpoint,
-    )
-    print(json.dumps({k: v for k, v in summary.items() if k != "curve"}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -27,7 +27,7 @@ import ray
 from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, run
 from batch_jobs.storage import s3_filesystem
 from routeray.demo.prompts import generate_prompts
-from routers.checkpoint import default_router_dir, load_router
+from routers import default_router_dir, load_router
 from tests.support.local_s3 import LocalS3
 
 

@@ -22,7 +22,7 @@ import torch
 
 from bench.timing import timed
 from routeray.demo.prompts import generate_prompts
-from routers.checkpoint import default_router_dir, load_router
+from routers import default_router_dir, load_router
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.kinds.mf import MFNet, MFRouter
 

@@ -63,7 +63,7 @@ def synthetic_battles(
 
 def training_battles(data_dir: Path) -> tuple[pd.DataFrame, str]:
     if (data_dir / "train").is_dir():
-        battles = load_battles(data_dir / "train", data_dir / "eval", log=lambda s: None)
+        battles = load_battles(data_dir / "train", data_dir / "eval")
         return battles, f"real ({data_dir / 'train'}, decontaminated)"
     return synthetic_battles(), "synthetic (no data dir)"
 
@@ -87,9 +87,7 @@ def main() -> None:
     battles, kind = training_battles(args.data_dir)
     with embedding_cache(args.embedding_cache):
         router, train_s = timed(
-            lambda: SWRankingRouter.train(
-                battles, weight_base=args.weight_base, log=lambda s: None, show_progress=False
-            )
+            lambda: SWRankingRouter.train(battles, weight_base=args.weight_base)
         )
     with tempfile.TemporaryDirectory() as tmp:
         size = sum(f.stat().st_size for f in save_router(router, tmp).iterdir())

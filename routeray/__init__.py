@@ -1,7 +1,1 @@
-"""The `routeray` command line."""
-
-import os
-from pathlib import Path
-
-# Where routeray keeps what it can rebuild: embedding caches, the demo's tiny model.
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "routeray"
+"""The `routeray` command line (and the demo it starts)."""

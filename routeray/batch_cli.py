@@ -1,27 +1,29 @@
-"""`routeray batch ...`: the Ray Data jobs."""
+"""`routeray batch ...`: the Ray Data jobs. On a cluster: `ray job submit -- routeray batch ...`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from routeray.options import (
+    LoadOptionOption,
+    LocalRayCpusOption,
+    OverwriteOption,
+    PricesOption,
+    PromptColumnOption,
+    RouterOption,
+    S3EndpointOption,
+    StrongPctOption,
+    ThresholdOption,
+    fail,
+    init_ray,
+    key_values,
+)
+
 batch_app = typer.Typer(help="Offline jobs on Ray Data.", no_args_is_help=True)
-
-
-def _fail(exc: Exception) -> NoReturn:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2) from exc
-
-
-def _init_ray(num_cpus: int | None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # Inside `ray job submit` RAY_ADDRESS points at the cluster and this connects to it.
-        ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True)
 
 
 @batch_app.command("route")
@@ -33,14 +35,11 @@ def route(
     sample: Annotated[
         int | None, typer.Option(help="Generate this many prompts as the input instead.")
     ] = None,
-    router: Annotated[str | None, typer.Option(help="Router directory (default: shipped).")] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Route strong when score >= this.")
-    ] = None,
-    strong_pct: Annotated[
-        float | None, typer.Option(help="Calibrate the threshold on the input for this share.")
-    ] = None,
-    prompt_column: str = "prompt",
+    router: RouterOption = "default",
+    load_option: LoadOptionOption = None,
+    threshold: ThresholdOption = None,
+    strong_pct: StrongPctOption = None,
+    prompt_column: PromptColumnOption = "prompt",
     batch_size: Annotated[int, typer.Option(help="Prompts per router call.")] = 4096,
     num_actors: Annotated[
         int | None, typer.Option(help="Router actors (default: one per CPU, or per GPU share).")
@@ -49,47 +48,34 @@ def route(
         float | None, typer.Option(help="CPUs per router actor (default: an equal share).")
     ] = None,
     num_gpus: Annotated[float, typer.Option(help="GPUs per router actor.")] = 0.0,
-    prices: Annotated[
-        Path | None, typer.Option(help="prices.yaml: USD per million tokens.")
-    ] = None,
-    s3_endpoint: Annotated[
-        str | None, typer.Option(help="S3 endpoint URL (default: AWS, or $AWS_ENDPOINT_URL).")
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Discard earlier results in --output instead of resuming.")
-    ] = False,
-    local_ray_cpus: Annotated[
-        int | None, typer.Option(help="CPUs for a local Ray (ignored on a cluster).")
-    ] = None,
+    prices: PricesOption = None,
+    s3_endpoint: S3EndpointOption = None,
+    overwrite: OverwriteOption = False,
+    local_ray_cpus: LocalRayCpusOption = None,
 ) -> None:
     """Score every prompt, route it, price it, and write the results with a summary."""
     from batch_jobs.route import run
-    from routeray.demo.prompts import generate_prompts
-    from routers.checkpoint import CheckpointError
-    from routers.prices import Prices
+    from routers import Prices
 
     if (input is None) == (sample is None):
         raise typer.BadParameter("give exactly one of --input and --sample")
     if sample is not None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from routeray.demo.prompts import write_sample
 
-        sample_dir = Path(f"{output.rstrip('/')}-input")
-        sample_dir.mkdir(parents=True, exist_ok=True)
-        input = str(sample_dir / "prompts.parquet")
-        prompts = generate_prompts(sample)
-        pq.write_table(
-            pa.table({"id": range(sample), "prompt": prompts}),
-            input,
-            row_group_size=max(1, sample // 8),
-        )
+        input = str(write_sample(Path(f"{output.rstrip('/')}-input"), sample))
         typer.echo(f"generated {sample} prompts into {input}")
-    _init_ray(local_ray_cpus)
+    options = key_values(load_option, "--load-option")
+    try:
+        price_table = Prices.from_yaml(prices) if prices else None
+    except (OSError, ValueError) as exc:
+        fail(exc)
+    init_ray(local_ray_cpus)
     try:
         summary = run(
             input,
             output,
-            router_dir=router,
+            router=router,
+            load_options=options,
             threshold=threshold,
             strong_pct=strong_pct,
             prompt_column=prompt_column,
@@ -97,13 +83,13 @@ def route(
             num_actors=num_actors,
             num_cpus=num_cpus,
             num_gpus=num_gpus,
-            prices=Prices.from_yaml(prices) if prices else None,
+            prices=price_table,
             s3_endpoint=s3_endpoint,
             # A generated sample is new input each time: never resume onto older results.
             overwrite=overwrite or sample is not None,
         )
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(exc)
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(
         f"\nrouted {summary['rows']} prompts: {summary['strong']} to the strong model, "
@@ -123,39 +109,40 @@ def generate(
     config: Annotated[
         Path, typer.Option(help="generate.yaml, or a serve config: models, limits, prices.")
     ],
-    router: Annotated[
-        str | None, typer.Option(help="Router for unrouted input (default: shipped).")
-    ] = None,
-    threshold: Annotated[float | None, typer.Option(help="Threshold for unrouted input.")] = None,
-    prompt_column: str = "prompt",
-    s3_endpoint: Annotated[str | None, typer.Option(help="S3 endpoint URL.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Discard earlier results in --output.")] = False,
-    local_ray_cpus: Annotated[
-        int | None, typer.Option(help="CPUs for a local Ray (ignored on a cluster).")
-    ] = None,
+    router: RouterOption = "default",
+    load_option: LoadOptionOption = None,
+    threshold: ThresholdOption = None,
+    strong_pct: StrongPctOption = None,
+    prompt_column: PromptColumnOption = "prompt",
+    s3_endpoint: S3EndpointOption = None,
+    overwrite: OverwriteOption = False,
+    local_ray_cpus: LocalRayCpusOption = None,
 ) -> None:
-    """Answer every prompt: weak rows on vLLM, strong rows through the external API."""
+    """Answer every prompt: weak rows on vLLM, strong rows through the external API. Input
+    without a `route` column is routed first, with --router and its threshold."""
     from batch_jobs.generate import GenerateConfig, run
-    from routers.checkpoint import CheckpointError
 
     try:
         settings = GenerateConfig.from_yaml(config)
     except (OSError, ValueError) as exc:
-        _fail(exc)
-    _init_ray(local_ray_cpus)
+        fail(exc)
+    options = key_values(load_option, "--load-option")
+    init_ray(local_ray_cpus)
     try:
         summary = run(
             input,
             output,
             settings,
-            router_dir=router,
+            router=router,
+            load_options=options,
             threshold=threshold,
+            strong_pct=strong_pct,
             prompt_column=prompt_column,
             s3_endpoint=s3_endpoint,
             overwrite=overwrite,
         )
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(exc)
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(
         f"\nanswered {summary['answered_strong']} prompts with the strong model and "

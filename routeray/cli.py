@@ -1,16 +1,39 @@
-"""The `routeray` command line: the one package that imports routers, serve_app and batch_jobs."""
+"""The `routeray` command line: the one package that imports routers, serve_app and batch_jobs.
+
+Every option is defined once in routeray.options; a cluster runs the same commands
+(`ray job submit -- routeray batch route ...`).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from routeray import CACHE_DIR
 from routeray.batch_cli import batch_app
+from routeray.demo_cli import demo_app
+from routeray.options import (
+    CACHE_DIR,
+    SHARED_DATA,
+    EmbeddingCacheOption,
+    EvalDirOption,
+    KindOption,
+    LoadOptionOption,
+    NoEmbeddingCacheOption,
+    ParamOption,
+    PromptColumnOption,
+    RouterOption,
+    RoutersOption,
+    SeedOption,
+    TrainDirOption,
+    embedding_cache,
+    fail,
+    key_values,
+    setup_reporting,
+)
 from routeray.serve_cli import serve
 from routeray.simulate_cli import simulate
 
@@ -20,68 +43,55 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(batch_app, name="batch")
+app.add_typer(demo_app, name="demo")
 app.command()(serve)
 app.command()(simulate)
 
 CALIBRATION_PROMPTS = 2000
-
-CacheOption = Annotated[
-    Path, typer.Option(help="Directory caching prompt embeddings between runs.")
-]
-NoCacheOption = Annotated[
-    bool, typer.Option("--no-embedding-cache", help="Embed every prompt afresh.")
-]
+RANDOM_BASELINE = "random"
 
 
-def _cache(cache: Path, disabled: bool):
-    from routers.text.embedders import embedding_cache
-
-    return embedding_cache(None if disabled else cache)
-
-
-ParamOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--param",
-        help="Training option KEY=VALUE passed to the router's `train` (repeatable; the value "
-        "is read as YAML, so 2, 0.1, true and [64, 128] keep their types).",
-    ),
-]
+def _version(show: bool) -> None:
+    if show:
+        try:
+            typer.echo(f"routeray {version('routeray')}")
+        except PackageNotFoundError:
+            typer.echo("routeray (not installed as a package)")
+        raise typer.Exit()
 
 
-def _params(items: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    params: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise _fail(f"--param takes KEY=VALUE, got {item!r}")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):
-            # YAML 1.1 reads 5e-5 (no dot) as a string; a learning rate is what was meant.
-            with contextlib.suppress(ValueError):
-                parsed = float(parsed)
-        params[key.strip()] = parsed
-    return params
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    verbose: Annotated[bool, typer.Option(help="Report debugging detail too.")] = False,
+) -> None:
+    setup_reporting(verbose)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
+def _load(router: str, load_option: list[str] | None):
+    """A router by shipped name or directory, with its load options; failures exit 2."""
+    from routers import load_router
+    from routers.shipped import router_path
+
+    options = key_values(load_option, "--load-option")
+    try:
+        return router_path(router), load_router(router_path(router), **options)
+    except ValueError as exc:  # CheckpointError and OptionError are ValueErrors
+        fail(exc)
 
 
 @app.command()
 def train(
-    router: Annotated[str, typer.Option(help="Router kind (see `routeray routers`).")] = "mf",
-    data_dir: Annotated[Path, typer.Option(help="Training data (../shared/data/train).")] = Path(
-        "../shared/data/train"
-    ),
-    eval_dir: Annotated[
-        Path, typer.Option(help="Eval data; training prompts equal to an eval prompt are dropped.")
-    ] = Path("../shared/data/eval"),
+    kind: KindOption = "mf",
+    train_dir: TrainDirOption = SHARED_DATA / "train",
+    eval_dir: EvalDirOption = SHARED_DATA / "eval",
     output: Annotated[Path, typer.Option(help="Router directory to write.")] = Path("out/router"),
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same router.")] = 0,
+    seed: SeedOption = 0,
     embedder: Annotated[
         str | None, typer.Option(help="sentence-transformers model path (default: MiniLM).")
     ] = None,
@@ -89,87 +99,82 @@ def train(
         float, typer.Option(help="Strong share the recorded default threshold aims at.")
     ] = 0.5,
     param: ParamOption = None,
-    embedding_cache: CacheOption = CACHE_DIR,
-    no_embedding_cache: NoCacheOption = False,
+    embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
+    no_embedding_cache: NoEmbeddingCacheOption = False,
 ) -> None:
-    """Train a router on the training sources in DATA_DIR and save it as a directory."""
-    from routers.checkpoint import save_router
+    """Train a router of KIND on the training sources and save it as a directory."""
+    from routers import OptionError, router_class, save_router
     from routers.data.tables import load_training_table
     from routers.evaluation.calibration import threshold_for_strong_share
-    from routers.registry import router_class
 
-    options = _params(param)
-    with _cache(embedding_cache, no_embedding_cache):
-        try:
-            cls = router_class(router)
-        except ValueError as exc:
-            raise _fail(str(exc)) from exc
-        if not eval_dir.is_dir():
-            raise _fail(
-                f"eval dir {eval_dir} not found: training is always decontaminated against it"
-            )
-        try:
-            table = load_training_table(cls, data_dir, eval_dir, seed=seed)
-        except FileNotFoundError as exc:
-            raise _fail(str(exc)) from exc
+    options = key_values(param, "--param")
+    try:
+        cls = router_class(kind)
         if embedder:
             options["embedder"] = {"model_path": embedder}
+        cls.check_train_options(options)
+    except (OptionError, ValueError) as exc:
+        fail(exc)
+    if not eval_dir.is_dir():
+        fail(f"eval dir {eval_dir} not found: training is always decontaminated against it")
+    with embedding_cache(embedding_cache_dir, no_embedding_cache):
         try:
-            trained = cls.train(table, seed=seed, **options)
-        except TypeError as exc:
-            raise _fail(f"router {router!r} does not take these options: {exc}") from exc
+            table = load_training_table(cls, train_dir, eval_dir, seed=seed)
+        except FileNotFoundError as exc:
+            fail(exc)
+        trained = cls.train(table, seed=seed, **options)
         prompts = table["prompt"].drop_duplicates()
         # Scoring every training prompt is minutes for a fine-tuned LLM; a fixed sample sets a
         # threshold for a share just as well.
         prompts = prompts.sample(min(len(prompts), CALIBRATION_PROMPTS), random_state=seed)
         threshold = threshold_for_strong_share(trained.score(prompts.tolist()), strong_pct)
-        metadata = {
-            "default_threshold": threshold,
-            "calibration": {
-                "strong_pct": strong_pct,
-                "prompts": "unique training prompts (a seeded sample)",
-                "n": len(prompts),
-            },
-            "training": {
-                "data_dir": str(data_dir),
-                "table": cls.trains_on,
-                "rows": len(table),
-                "seed": seed,
-                "options": options,
-                "sources": table["source"].value_counts().to_dict(),
-            },
-        }
-        save_router(trained, output, metadata)
-        typer.echo(
-            f"saved {router} router to {output} (default threshold {threshold:.4f} "
-            f"for {strong_pct:.0%} strong calls on the training prompts)"
-        )
+    metadata = {
+        "default_threshold": threshold,
+        "calibration": {
+            "strong_pct": strong_pct,
+            "prompts": "unique training prompts (a seeded sample)",
+            "n": len(prompts),
+        },
+        "training": {
+            "data_dir": str(train_dir),
+            "table": cls.trains_on,
+            "rows": len(table),
+            "seed": seed,
+            "options": options,
+            "sources": table["source"].value_counts().to_dict(),
+        },
+    }
+    save_router(trained, output, metadata)
+    typer.echo(
+        f"saved {kind} router to {output} (default threshold {threshold:.4f} "
+        f"for {strong_pct:.0%} strong calls on the training prompts)"
+    )
 
 
 @app.command()
 def calibrate(
-    router: Annotated[Path, typer.Option(help="Router directory.")],
     input: Annotated[Path, typer.Option(help="Parquet file of prompts.")],
+    router: RouterOption = "default",
     strong_pct: Annotated[float, typer.Option(help="Share of strong calls, 0..1.")] = 0.5,
-    prompt_column: str = "prompt",
+    prompt_column: PromptColumnOption = "prompt",
+    load_option: LoadOptionOption = None,
 ) -> None:
     """Print the threshold that sends STRONG_PCT of INPUT's prompts to the strong model."""
     import pyarrow.parquet as pq
 
-    from routers.checkpoint import CheckpointError, load_router
-    from routers.evaluation.calibration import threshold_for_strong_share
-    from routers.prompts import prompt_error
+    from routers import prompt_error
+    from routers.thresholds import resolve_threshold
 
+    path, loaded = _load(router, load_option)
     try:
-        loaded = load_router(router)
         prompts = pq.read_table(input, columns=[prompt_column]).column(0).to_pylist()
-        good = [p for p in prompts if prompt_error(p) is None]
-        threshold = threshold_for_strong_share(loaded.score(good), strong_pct)
-    except (CheckpointError, ValueError, KeyError, OSError) as exc:
-        raise _fail(str(exc)) from exc
+        threshold = resolve_threshold(path, strong_pct=strong_pct, router=loaded, prompts=prompts)
+    except (ValueError, KeyError, OSError) as exc:
+        fail(exc)
+    usable = sum(prompt_error(p) is None for p in prompts)
     typer.echo(
-        f"threshold {threshold:.6f} sends {strong_pct:.1%} of {len(good)} prompts "
-        f"to the strong model ({len(prompts) - len(good)} unusable rows ignored)"
+        f"threshold {threshold:.6f} sends {strong_pct:.1%} of {usable} prompts "
+        f"to the strong model ({len(prompts) - usable} unusable rows ignored)"
     )
     # Full precision: a rounded threshold can land above the k-th score and miss the share.
     typer.echo(repr(threshold))
@@ -179,26 +184,26 @@ def calibrate(
 def score(
     input: Annotated[Path, typer.Option(help="Parquet file to score.")],
     output: Annotated[Path, typer.Option(help="Parquet file to write.")],
-    router: Annotated[
-        Path | None, typer.Option(help="Router directory (default: shipped).")
-    ] = None,
-    prompt_column: str = "prompt",
+    router: RouterOption = "default",
+    prompt_column: PromptColumnOption = "prompt",
     batch_rows: Annotated[int, typer.Option(help="Rows read and scored at a time.")] = 4096,
+    load_option: LoadOptionOption = None,
 ) -> None:
     """Write INPUT's columns plus `strong_win_rate` (and `error` for unusable prompts)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from routers.checkpoint import CheckpointError, default_router_dir, load_router
-    from routers.prompts import ERROR_COLUMN, score_table
+    from routers import score_table
+    from routers.progress import progress
+    from routers.prompts import ERROR_COLUMN
 
+    _, loaded = _load(router, load_option)
     try:
-        loaded = load_router(router or default_router_dir())
         source = pq.ParquetFile(input)
-    except (CheckpointError, OSError) as exc:
-        raise _fail(str(exc)) from exc
+    except OSError as exc:
+        fail(exc)
     if prompt_column not in source.schema_arrow.names:
-        raise _fail(
+        fail(
             f"{input} has no column {prompt_column!r}; columns: "
             f"{', '.join(source.schema_arrow.names)}"
         )
@@ -206,6 +211,7 @@ def score(
     partial = output.with_name(output.name + ".partial")
     rows = bad = 0
     writer = None
+    bar = progress(None, "scoring", total=source.metadata.num_rows, unit="row")
     try:
         for batch in source.iter_batches(batch_size=batch_rows):
             scored = score_table(loaded, pa.Table.from_batches([batch]), prompt_column)
@@ -214,11 +220,13 @@ def score(
             if writer is None:
                 writer = pq.ParquetWriter(partial, scored.schema)
             writer.write_table(scored)
+            bar.update(scored.num_rows)
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
     if writer is None:
-        raise _fail(f"{input} has no rows")
+        fail(f"{input} has no rows")
     # Only a complete file ever carries the output name.
     partial.replace(output)
     typer.echo(
@@ -227,56 +235,44 @@ def score(
     )
 
 
-@app.command("eval", context_settings={"allow_extra_args": True})
+@app.command("eval")
 def evaluate(
-    ctx: typer.Context,
     benchmark: Annotated[str, typer.Option(help="mt-bench, mmlu or gsm8k.")],
-    routers: Annotated[
-        list[str],
-        typer.Option(help="`random`, `default`, or router directories; more may follow."),
-    ],
-    data_dir: Annotated[Path, typer.Option(help="Eval data (../shared/data/eval).")] = Path(
-        "../shared/data/eval"
-    ),
+    router: RoutersOption = None,
+    eval_dir: EvalDirOption = SHARED_DATA / "eval",
     output: Annotated[Path, typer.Option(help="Directory for metrics.json and the plot.")] = Path(
         "out/eval"
     ),
     cross_fit: Annotated[
         int,
         typer.Option(
-            help="Also train ROUTER_KIND K times on the training data plus K-1 folds of this "
+            help="Also train KIND K times on the training data plus K-1 folds of this "
             "benchmark's own labels, each scoring its held-out fold (0: off)."
         ),
     ] = 0,
-    router_kind: Annotated[
+    kind: Annotated[
         str | None, typer.Option(help="Router kind for --cross-fit (default: the shipped one's).")
     ] = None,
-    train_dir: Annotated[
-        Path, typer.Option(help="Training data for --cross-fit (../shared/data/train).")
-    ] = Path("../shared/data/train"),
-    seed: Annotated[int, typer.Option(help="Seed of the --cross-fit folds and training.")] = 0,
+    train_dir: TrainDirOption = SHARED_DATA / "train",
+    seed: SeedOption = 0,
     param: ParamOption = None,
-    embedding_cache: CacheOption = CACHE_DIR,
-    no_embedding_cache: NoCacheOption = False,
+    load_option: LoadOptionOption = None,
+    embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
+    no_embedding_cache: NoEmbeddingCacheOption = False,
 ) -> None:
-    """Cost-quality curves, APGR and CPT on a benchmark, as the paper computes them."""
-    from routers.checkpoint import CheckpointError, default_router_dir, load_router
+    """Cost-quality curves, APGR and CPT on a benchmark, as the paper computes them. Routers
+    are shipped names, directories, or `random` (the paper's baseline, averaged over 10 runs)."""
     from routers.evaluation.benchmarks import load_benchmark
-    from routers.evaluation.metrics import (
-        cost_saving,
-        evaluate_random,
-        evaluate_scores,
-        oracle_curve,
-    )
+    from routers.evaluation.metrics import evaluate_random, evaluate_scores, oracle_curve
     from routers.evaluation.plots import plot_curves
 
-    options = _params(param)
-    with _cache(embedding_cache, no_embedding_cache):
-        names = [*routers, *ctx.args]
+    options = key_values(param, "--param")
+    names = router or ["default"]
+    with embedding_cache(embedding_cache_dir, no_embedding_cache):
         try:
-            df = load_benchmark(benchmark, data_dir)
+            df = load_benchmark(benchmark, eval_dir)
         except (ValueError, FileNotFoundError) as exc:
-            raise _fail(str(exc)) from exc
+            fail(exc)
         typer.echo(
             f"{benchmark}: {len(df)} prompts ({df.attrs['contaminated_dropped']} "
             "contaminated prompts left out)"
@@ -284,58 +280,58 @@ def evaluate(
         weak, strong = df["weak_score"].to_numpy(), df["strong_score"].to_numpy()
         curves, metrics = {}, {}
         for name in names:
-            if name == "random":
+            if name == RANDOM_BASELINE:
                 curve, result = evaluate_random(weak, strong)
             else:
-                path = default_router_dir() if name == "default" else Path(name)
-                label = "default" if name == "default" else path.name
+                path, loaded = _load(name, load_option)
+                label = name if name == "default" else Path(name).name
                 # Two directories with one base name would overwrite each other's results.
-                label = str(path) if label in curves else label
-                try:
-                    loaded = load_router(path)
-                except CheckpointError as exc:
-                    raise _fail(str(exc)) from exc
+                name = str(path) if label in curves else label
                 curve, result = evaluate_scores(loaded.score(df["prompt"].tolist()), weak, strong)
-                name = label
             curves[name], metrics[name] = curve, result.to_dict()
         if cross_fit:
             name, scores = _cross_fit(
-                benchmark, df, cross_fit, router_kind, train_dir, data_dir, seed, options
+                benchmark, df, cross_fit, kind, train_dir, eval_dir, seed, options
             )
             curve, result = evaluate_scores(scores, weak, strong)
             curves[name], metrics[name] = curve, result.to_dict()
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        plot = output / f"{benchmark}.png"
-        plot_curves(
-            curves,
-            weak.mean(),
-            strong.mean(),
-            oracle_curve(weak, strong),
-            f"{benchmark}: cost vs quality",
-            plot,
-        )
-        ratio = _weak_to_strong_cost(df["prompt"].tolist())
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot = output / f"{benchmark}.png"
+    plot_curves(
+        curves,
+        weak.mean(),
+        strong.mean(),
+        oracle_curve(weak, strong),
+        f"{benchmark}: cost vs quality",
+        plot,
+    )
+    _print_metrics(metrics, _weak_to_strong_cost(df["prompt"].tolist()))
+    typer.echo(f"wrote {output / 'metrics.json'} and {plot}")
+
+
+def _print_metrics(metrics: dict[str, dict[str, float]], ratio: float) -> None:
+    from routers.evaluation.metrics import cost_saving
+
+    typer.echo(
+        f"{'router':<24}{'APGR':>8}{'CPT20':>9}{'CPT50':>9}{'CPT80':>9}{'AUC':>9}"
+        f"{'strong@95%':>12}{'saving@95%':>12}"
+    )
+    for name, m in metrics.items():
+        saving = cost_saving(m["strong_at_95"], ratio)
         typer.echo(
-            f"{'router':<24}{'APGR':>8}{'CPT20':>9}{'CPT50':>9}{'CPT80':>9}{'AUC':>9}"
-            f"{'strong@95%':>12}{'saving@95%':>12}"
+            f"{name:<24}{m['apgr']:>8.3f}{m['cpt20']:>8.2f}%{m['cpt50']:>8.2f}%"
+            f"{m['cpt80']:>8.2f}%{m['auc']:>9.4f}{m['strong_at_95']:>11.2f}%{saving:>11.1%}"
         )
-        for name, m in metrics.items():
-            saving = cost_saving(m["strong_at_95"], ratio)
-            typer.echo(
-                f"{name:<24}{m['apgr']:>8.3f}{m['cpt20']:>8.2f}%{m['cpt50']:>8.2f}%"
-                f"{m['cpt80']:>8.2f}%{m['auc']:>9.4f}{m['strong_at_95']:>11.2f}%{saving:>11.1%}"
-            )
-        typer.echo(
-            "strong@95%: strong calls needed to reach 95 % of the strong model's quality; "
-            f"saving@95%: the all-strong bill saved there (a weak request costs {ratio:.3f} of "
-            "a strong one at the default prices, estimated tokens)"
-        )
-        typer.echo(f"wrote {output / 'metrics.json'} and {plot}")
+    typer.echo(
+        "strong@95%: strong calls needed to reach 95 % of the strong model's quality; "
+        f"saving@95%: the all-strong bill saved there (a weak request costs {ratio:.3f} of "
+        "a strong one at the default prices, estimated tokens)"
+    )
 
 
 def _weak_to_strong_cost(prompts: list[str]) -> float:
-    from routers.prices import Prices, estimate_tokens
+    from routers import Prices, estimate_tokens
 
     prices = Prices()
     tokens = estimate_tokens(prompts)
@@ -344,26 +340,27 @@ def _weak_to_strong_cost(prompts: list[str]) -> float:
 
 def _cross_fit(
     benchmark: str,
-    df,
+    df: Any,
     folds: int,
     kind: str | None,
     train_dir: Path,
     eval_dir: Path,
     seed: int,
     options: dict[str, Any],
-):
-    from routers.checkpoint import default_router_dir, read_config
+) -> tuple[str, Any]:
+    from routers import read_config, router_class
     from routers.data.tables import load_training_table
     from routers.evaluation.cross_fit import cross_fit_scores
-    from routers.registry import router_class
+    from routers.shipped import router_path
 
-    kind = kind or str(read_config(default_router_dir())["router"])
+    kind = kind or str(read_config(router_path("default"))["router"])
     try:
         cls = router_class(kind)
+        cls.check_train_options(options)
         training = load_training_table(cls, train_dir, eval_dir, seed=seed)
         scores = cross_fit_scores(cls, df, benchmark, training, folds=folds, seed=seed, **options)
     except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+        fail(exc)
     typer.echo(
         f"cross-fit: {kind} trained {folds} times on {train_dir} plus {folds - 1}/{folds} of "
         f"{benchmark}'s labels; every prompt scored by the router that did not see it"
@@ -373,12 +370,8 @@ def _cross_fit(
 
 @app.command()
 def ratings(
-    data_dir: Annotated[Path, typer.Option(help="Training data (../shared/data/train).")] = Path(
-        "../shared/data/train"
-    ),
-    eval_dir: Annotated[Path, typer.Option(help="Eval data to decontaminate against.")] = Path(
-        "../shared/data/eval"
-    ),
+    train_dir: TrainDirOption = SHARED_DATA / "train",
+    eval_dir: EvalDirOption = SHARED_DATA / "eval",
     n_tiers: Annotated[int, typer.Option("--tiers", help="Number of tiers.")] = 10,
     top: Annotated[int, typer.Option(help="Show this many models (0: all).")] = 0,
 ) -> None:
@@ -387,31 +380,29 @@ def ratings(
     from routers.data.ratings import bradley_terry, tiers
 
     try:
-        battles = load_battles(data_dir, eval_dir)
+        battles = load_battles(train_dir, eval_dir)
     except FileNotFoundError as exc:
-        raise _fail(str(exc)) from exc
+        fail(exc)
     rated = bradley_terry(battles)
     grouped = tiers(rated, n_tiers)
-    games = _battle_counts(battles)
-    typer.echo(f"{'tier':>4}  {'rating':>7}  {'battles':>7}  model")
-    for model in rated.index[: top or None]:
-        typer.echo(f"{grouped[model]:>4}  {rated[model]:>7.1f}  {games[model]:>7}  {model}")
-
-
-def _battle_counts(battles) -> dict[str, int]:
-    return (
+    games = (
         battles["model_a"]
         .value_counts()
         .add(battles["model_b"].value_counts(), fill_value=0)
         .astype(int)
         .to_dict()
     )
+    typer.echo(f"{'tier':>4}  {'rating':>7}  {'battles':>7}  model")
+    for model in rated.index[: top or None]:
+        typer.echo(f"{grouped[model]:>4}  {rated[model]:>7.1f}  {games[model]:>7}  {model}")
 
 
 @app.command("routers")
 def list_routers() -> None:
-    """List the router kinds that `train` accepts."""
-    from routers.registry import ROUTERS
+    """List the router kinds that `train --kind` accepts and the shipped routers `--router`
+    can name."""
+    from routers import ROUTERS
+    from routers.shipped import SHIPPED
 
-    for kind in sorted(ROUTERS):
-        typer.echo(kind)
+    typer.echo("kinds:   " + ", ".join(sorted(ROUTERS)))
+    typer.echo("shipped: " + ", ".join(f"{name} ({path})" for name, path in SHIPPED.items()))

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from routeray import CACHE_DIR
+from routeray.options import CACHE_DIR, LocalRayCpusOption, fail
 
 
 def serve(
@@ -21,7 +21,7 @@ def serve(
         bool, typer.Option(help="Shipped router + vLLM on a tiny model + local strong stand-in.")
     ] = False,
     port: Annotated[int | None, typer.Option(help="HTTP port (default: config's, 8000).")] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray.")] = None,
+    local_ray_cpus: LocalRayCpusOption = None,
 ) -> None:
     """Start the OpenAI-compatible routing endpoint and serve until Ctrl-C."""
     if demo == (config is not None):
@@ -30,7 +30,7 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
-    from serve_app.app import build
+    from serve_app.app import build, check_routers
     from serve_app.config import ServeConfig
 
     standin = None
@@ -44,13 +44,17 @@ def serve(
         standin.start()
         cfg = demo_config(model_dir, standin.base_url, port or 8000)
     else:
-        cfg = ServeConfig.from_yaml(config)
+        try:
+            cfg = ServeConfig.from_yaml(config)
+            check_routers(cfg.with_absolute_paths())
+        except (OSError, ValueError) as exc:
+            fail(exc)
         if port:
             cfg.port = port
     stop = threading.Event()
     try:
         if not ray.is_initialized():
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            ray.init(num_cpus=local_ray_cpus, include_dashboard=False)
         ray_serve.start(http_options={"host": cfg.host, "port": cfg.port})
         ray_serve.run(build(cfg), name="routeray", route_prefix="/")
         base_url = f"http://{cfg.host}:{cfg.port}/v1"

@@ -12,7 +12,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from routers.protocol import BaseRouter
+from routers.protocol import BaseRouter, OptionError
 from routers.registry import router_class
 
 FORMAT = "routeray-router"
@@ -87,14 +87,20 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return document
 
 
-def load_router(directory: str | Path, **overrides: Any) -> BaseRouter:
-    """Load a router directory; `overrides` change inference-time choices (e.g. the model pair)."""
+def load_router(directory: str | Path, **options: Any) -> BaseRouter:
+    """Load a router directory; `options` are the kind's load options (`LoadOptions`), the
+    inference-time choices such as the device or the model pair.
+
+    CheckpointError for a directory that cannot be loaded; OptionError (a ValueError too) for
+    an option the kind does not take or a value it cannot use, raised before any weight is read.
+    """
     directory = Path(directory)
     document = read_config(directory)
     try:
         cls = router_class(str(document.get("router")))
     except ValueError as exc:
         raise CheckpointError(f"{directory}: {exc}") from exc
+    parsed = cls.parse_load_options(options)
     tensors = {}
     if "weights" in document:
         weights = directory / document["weights"]["file"]
@@ -110,13 +116,10 @@ def load_router(directory: str | Path, **overrides: Any) -> BaseRouter:
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{directory}: cannot read {weights.name}: {exc}") from exc
     try:
-        return cls.from_checkpoint(document["config"], tensors, **overrides)
+        return cls.from_checkpoint(document["config"], tensors, parsed)
+    except OptionError:
+        raise
     except (KeyError, TypeError, RuntimeError) as exc:
         raise CheckpointError(
             f"{directory}: config or weights do not fit router {document['router']!r}: {exc}"
         ) from exc
-
-
-def default_router_dir() -> Path:
-    """The shipped default router, committed inside the package."""
-    return Path(__file__).parent / "default_router"

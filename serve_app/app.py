@@ -9,6 +9,10 @@ from ray import serve
 from ray.serve import Application
 
 from backends import OpenAIBackendConfig
+from routers.checkpoint import read_config
+from routers.registry import router_class
+from routers.shipped import router_path
+from routers.thresholds import resolve_threshold
 from serve_app.backend_deployment import BackendDeployment
 from serve_app.config import ServeConfig
 from serve_app.ingress import Ingress
@@ -45,8 +49,19 @@ def _backend(name: str, config) -> Application:
     return serve.deployment(BackendDeployment).options(**options).bind(config.model_dump())
 
 
+def check_routers(config: ServeConfig) -> None:
+    """Fail before deploying anything when a router cannot be served as configured: a missing
+    or broken directory, an option its kind does not take, no threshold to route at."""
+    for spec in config.routers:
+        path = router_path(spec.path)
+        kind = router_class(str(read_config(path).get("router")))
+        kind.parse_load_options(spec.options)
+        resolve_threshold(path, threshold=spec.threshold)
+
+
 def build(config: ServeConfig) -> Application:
     config = config.with_absolute_paths()
+    check_routers(config)
     rd = config.router_deployment
     router_options: dict[str, Any] = {
         "name": "Router",

@@ -30,7 +30,7 @@ class _ExpectedFailures(logging.Filter):
 
 class BackendDeployment:
     # Serve awaits an async constructor before the replica takes traffic, so a vLLM engine is
-    # loaded before the first request instead of making that request wait ~20 s.
+    # loaded before the first request instead of making that request wait for it.
     async def __init__(self, config: dict[str, Any]) -> None:  # type: ignore[misc]
         logger.addFilter(_ExpectedFailures())
         self.backend = make_backend(config)

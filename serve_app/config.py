@@ -13,18 +13,26 @@ from pydantic import Field
 
 from backends.config import BackendConfig, SecretRef, Strict
 from routers.prices import Prices
+from routers.shipped import SHIPPED, router_path
 
 
 class RouterSpec(Strict):
     """A router served as `router-<name>` (and `router-<name>-<threshold>`)."""
 
     name: str = "gap"
-    path: str | None = Field(default=None, description="Router directory; None: the shipped one.")
+    path: str | None = Field(
+        default=None,
+        description="Router directory or a shipped router's name ('default'); None: 'default'.",
+    )
     threshold: float | None = Field(
         default=None,
         ge=0.0,
         le=1.0,
         description="Threshold for `router-<name>`; None: the one recorded in the router dir.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Load-time options of the router kind, e.g. strong_model for MF.",
     )
     aliases: list[str] = Field(default_factory=list, description="More names, e.g. 'default'.")
 
@@ -79,13 +87,11 @@ class ServeConfig(Strict):
     def with_absolute_paths(self, base: Path | None = None) -> ServeConfig:
         """Replicas may start in another working directory: pin every relative path now."""
         base = base or Path.cwd()
-
-        def absolute(value: str | None) -> str | None:
-            return None if value is None or Path(value).is_absolute() else str(base / value)
-
         copy = self.model_copy(deep=True)
         for spec in copy.routers:
-            spec.path = absolute(spec.path) or spec.path
+            shipped = spec.path is None or spec.path in SHIPPED
+            # A relative path joins the base; an absolute one stays as it is.
+            spec.path = str(router_path(spec.path) if shipped else base / spec.path)
         copy.strong = copy.strong.with_absolute_paths(base)
         copy.weak = copy.weak.with_absolute_paths(base)
         if copy.auth.api_keys is not None:

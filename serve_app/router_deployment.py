@@ -11,7 +11,9 @@ import torch
 from ray import serve
 from ray.serve import metrics
 
-from routers.checkpoint import default_router_dir, load_router, read_config
+from routers.checkpoint import load_router
+from routers.shipped import router_path
+from routers.thresholds import resolve_threshold
 
 
 class RouterDeployment:
@@ -30,14 +32,12 @@ class RouterDeployment:
         self._routers: dict[str, Any] = {}
         self._thresholds: dict[str, float] = {}
         for spec in routers:
-            path = spec.get("path") or str(default_router_dir())
-            router = load_router(path)
-            threshold = spec.get("threshold")
-            if threshold is None:
-                threshold = read_config(path).get("metadata", {}).get("default_threshold", 0.5)
+            path = router_path(spec.get("path"))
+            router = load_router(path, **spec.get("options", {}))
+            threshold = resolve_threshold(path, threshold=spec.get("threshold"))
             for name in [spec["name"], *spec.get("aliases", [])]:
                 self._routers[name] = router
-                self._thresholds[name] = float(threshold)
+                self._thresholds[name] = threshold
         # Load embedders now: the replica reports ready only once it can answer at full speed.
         for router in {id(r): r for r in self._routers.values()}.values():
             router.score(["warm up"])

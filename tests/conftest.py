@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from routers.checkpoint import save_router
+from routers import save_router
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.kinds.mf import MFNet, MFRouter
 
@@ -20,6 +20,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _no_embedding_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test embeds for real: a cache left by an earlier run must not answer for it."""
     monkeypatch.delenv("ROUTERAY_EMBEDDING_CACHE", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_library_after_cli():
+    """A command run in-process (typer's CliRunner) turns on progress bars and gives our
+    loggers their own handler; the next test starts from the library's defaults again."""
+    yield
+    import logging
+
+    from routeray.options import OUR_PACKAGES
+    from routers.progress import enable_progress
+
+    enable_progress(False)
+    for name in OUR_PACKAGES:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")

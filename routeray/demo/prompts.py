@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 _TOPICS = [
@@ -91,3 +93,16 @@ def generate_prompts(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     kinds = rng.choice(len(_KINDS), size=n, p=_WEIGHTS)
     return [_KINDS[k](rng) for k in kinds]
+
+
+def write_sample(directory: Path, n: int, seed: int = 0) -> Path:
+    """`n` generated prompts as `directory/prompts.parquet`, in about eight row groups so that
+    a small sample still spreads over several readers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "prompts.parquet"
+    table = pa.table({"id": range(n), "prompt": generate_prompts(n, seed)})
+    pq.write_table(table, path, row_group_size=max(1, n // 8))
+    return path

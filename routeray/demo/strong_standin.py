@@ -21,21 +21,17 @@ Fault kinds (queued with `inject`, consumed one per chat request, oldest first):
 * "stall_stream": send `after_chunks` chunks (default 1), go quiet for `delay` seconds (default
   30), then finish normally; a client read timeout shorter than `delay` sees a stalled stream.
 
-For manual demos the same kinds can be asked for per request with the header
+A client talking to the stand-in directly can also ask for a fault per request with the header
 `x-standin-fault: <kind>` (plus optional `x-standin-retry-after`, `x-standin-delay`,
 `x-standin-after-chunks`); a header fault does not consume the queue.
-
-Run in the foreground with `python -m routeray.demo.strong_standin --port 8100`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -535,25 +531,3 @@ class StrongStandin:
         """Forget queued faults and counters, e.g. between tests sharing one stand-in."""
         self.faults.clear()
         self.stats.reset()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100)
-    parser.add_argument("--model-name", default=None, help="reported model; default: echo")
-    parser.add_argument(
-        "--api-key-env",
-        default=None,
-        help="name of an env var holding the bearer key to require (keys stay out of argv)",
-    )
-    args = parser.parse_args(argv)
-    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    if args.api_key_env and not api_key:
-        parser.error(f"environment variable {args.api_key_env} is empty")
-    app = create_app(api_key=api_key, model_name=args.model_name)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-
-
-if __name__ == "__main__":
-    main()

@@ -3,13 +3,10 @@
 No pretrained weights can be downloaded here (and CI has no model hub), yet the vLLM backend
 must be exercised end to end. This builds a model that vLLM's CPU backend accepts in seconds:
 its answers are noise, but the tokenizer, chat template, engine and serving path are real.
-
-    python -m routeray.demo.tiny_model DIR [--seed N]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -196,15 +193,3 @@ def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
         json.dumps({"format": _FORMAT_VERSION, "seed": seed, "kind": "tiny-random-llama"})
     )
     return directory
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build a tiny random-weight Llama chat model.")
-    parser.add_argument("directory", help="Where to write the model (created if missing).")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(build_tiny_model(args.directory, seed=args.seed))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,8 @@ between the models that answered the same prompt.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from routers.data.sources import (
     mmlu_derived,
     require_file,
 )
+
+logger = logging.getLogger(__name__)
 
 BATTLE_COLUMNS = ["prompt", "model_a", "model_b", "winner", "source", "weight"]
 
@@ -111,7 +114,6 @@ def load_battles(
     source_weights: dict[str, float] | None = None,
     max_pairs_per_question: int | None = 45,
     seed: int = 0,
-    log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """All chosen sources as one battle table, decontaminated against `eval_dir` if given."""
     data_dir = Path(data_dir)
@@ -124,16 +126,16 @@ def load_battles(
         parts.append(arena_battles(data_dir, rng))
     if "mmlu_pro" in wanted:
         battles, derived = mmlu_pro_battles(data_dir, rng, max_pairs_per_question)
-        log(f"decontamination: mmlu_pro: left out {derived} MMLU-derived questions")
+        logger.info(f"decontamination: mmlu_pro: left out {derived} MMLU-derived questions")
         parts.append(battles)
     unknown = wanted - {"alpaca_eval", "arena_hard", "mmlu_pro"}
     if unknown:
         raise ValueError(f"unknown training sources: {sorted(unknown)}")
     battles = pd.concat(parts, ignore_index=True)[BATTLE_COLUMNS]
     if eval_dir is not None:
-        battles = decontaminate(battles, Path(eval_dir), log)
+        battles = decontaminate(battles, Path(eval_dir))
     for source, weight in (source_weights or {}).items():
         battles.loc[battles["source"] == source, "weight"] = float(weight)
     counts = battles["source"].value_counts()
-    log("battles: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    logger.info("battles: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
     return battles

@@ -16,7 +16,7 @@ far less noisy than one pair's single outcome. A row is one prompt:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ from routers.data.sources import (
     require_file,
 )
 
-LABELS = ("all_fail", "mid_fail", "top_minus_all", "top_minus_mid", "pair_gap")
-LABEL_COLUMNS = ["prompt", "source", "weak_q", "strong_q", *LABELS]
+logger = logging.getLogger(__name__)
+
+PROMPT_LABELS = ("all_fail", "mid_fail", "top_minus_all", "top_minus_mid", "pair_gap")
+LABEL_COLUMNS = ["prompt", "source", "weak_q", "strong_q", *PROMPT_LABELS]
 TOP_MODELS = 3
 MID_MODELS = 6
 
@@ -158,12 +160,7 @@ def golden_labels(
     )
 
 
-def load_prompt_labels(
-    data_dir: str | Path,
-    eval_dir: str | Path | None = None,
-    *,
-    log: Callable[[str], None] = print,
-) -> pd.DataFrame:
+def load_prompt_labels(data_dir: str | Path, eval_dir: str | Path | None = None) -> pd.DataFrame:
     """Every training source's prompts with their labels, decontaminated against `eval_dir`."""
     data_dir = Path(data_dir)
     frame = pd.concat(
@@ -171,8 +168,8 @@ def load_prompt_labels(
         ignore_index=True,
     )
     if eval_dir is not None:
-        frame = decontaminate(frame, Path(eval_dir), log, rows="labelled prompts")
-    log(
+        frame = decontaminate(frame, Path(eval_dir), rows="labelled prompts")
+    logger.info(
         "prompt labels: " + ", ".join(f"{s} {n}" for s, n in frame["source"].value_counts().items())
     )
     return frame[LABEL_COLUMNS]

@@ -7,8 +7,8 @@ strong-vs-weak comparison.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -16,9 +16,11 @@ import torch
 
 from routers.data.model_names import normalize_model_name
 
+logger = logging.getLogger(__name__)
+
 WINNER_TARGET = {"a": 1.0, "b": 0.0, "tie": 0.5}
 # The classifier routers' three labels, in the order of their output columns.
-LABELS: tuple[str, str, str] = ("strong", "tie", "weak")
+CLASS_LABELS: tuple[str, str, str] = ("strong", "tie", "weak")
 ELO_SCALE = 400.0 / math.log(10.0)
 
 
@@ -33,7 +35,7 @@ def bradley_terry(battles: pd.DataFrame, l2: float = 1e-4, base: float = 1000.0)
             "games": battles["weight"],
         }
     )
-    # Sufficient statistics per ordered pair: the fit is then over thousands, not 10^5, rows.
+    # Sufficient statistics per ordered pair: the fit is then over pairs, not battles.
     pairs = frame.groupby(["a", "b"], sort=False)[["wins", "games"]].sum().reset_index()
     a = torch.tensor(pairs["a"].to_numpy())
     b = torch.tensor(pairs["b"].to_numpy())
@@ -60,7 +62,8 @@ def bradley_terry(battles: pd.DataFrame, l2: float = 1e-4, base: float = 1000.0)
 
 def tiers(ratings: pd.Series, n_tiers: int = 10) -> pd.Series:
     """Tier 1 (best) to n_tiers: the 1-D partition of ratings with the least within-tier
-    squared error (optimal, by dynamic programming; there are only ~100 models)."""
+    squared error (optimal, by dynamic programming: quadratic in the number of models, which
+    is small)."""
     values = ratings.sort_values(ascending=False).to_numpy()
     n = len(values)
     k = min(n_tiers, n)
@@ -109,7 +112,6 @@ def classifier_labels(
     weak_model: str,
     n_tiers: int = 10,
     pair_battles: bool = True,
-    log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Strong/weak/tie labelled battles (prompt, label, source, weight) for the classifier
     routers: tier 1 vs lower tiers as in the paper, plus (with `pair_battles`) every battle of
@@ -125,7 +127,7 @@ def classifier_labels(
     )
     model_tiers = tiers(bradley_terry(battles), n_tiers)
     top = list(model_tiers[model_tiers == 1].index)
-    log(
+    logger.info(
         f"tier 1: {', '.join(top)}; {strong_model} tier {model_tiers.get(strong_model, '-')}, "
         f"{weak_model} tier {model_tiers.get(weak_model, '-')}"
     )
@@ -136,7 +138,9 @@ def classifier_labels(
         # Oriented by name: a two-tier table of just the pair.
         by_name = pd.Series({strong_model: 1, weak_model: 2})
         parts.append(strong_weak_labels(battles[pair], by_name))
-        log(f"{int(pair.sum())} battles of {strong_model} vs {weak_model} labelled directly")
+        logger.info(
+            f"{int(pair.sum())} battles of {strong_model} vs {weak_model} labelled directly"
+        )
     if not any(len(p) for p in parts):
         raise ValueError(
             "no strong/weak labelled battles: no battle pits a tier-1 model against a lower "
@@ -147,12 +151,12 @@ def classifier_labels(
 
 def aggregate_labels(labelled: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Unique prompts (first-seen order), each one's weighted label distribution (n, 3) over
-    `LABELS`, and its total weight: sum_i w_i CE(y_i) = W * CE(distribution) per prompt."""
+    `CLASS_LABELS`, and its total weight: sum_i w_i CE(y_i) = W * CE(distribution) per prompt."""
     codes, prompts = pd.factorize(labelled["prompt"])
-    label = pd.Index(LABELS).get_indexer(labelled["label"])
+    label = pd.Index(CLASS_LABELS).get_indexer(labelled["label"])
     if (label < 0).any():
-        raise ValueError(f"labels must be in {LABELS}")
-    mass = np.zeros((len(prompts), len(LABELS)))
+        raise ValueError(f"labels must be in {CLASS_LABELS}")
+    mass = np.zeros((len(prompts), len(CLASS_LABELS)))
     np.add.at(mass, (codes, label), labelled["weight"].to_numpy(dtype=np.float64))
     total = mass.sum(1)
     keep = total > 0

@@ -4,12 +4,14 @@ MMLU-Pro question derived from MMLU."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from routers.evaluation.benchmarks import EVAL_FILES
+
+logger = logging.getLogger(__name__)
 
 ALPACA_FILE = "alpaca_eval_pairwise.parquet"
 ARENA_FILE = "arena_bench_v1_scores.parquet"
@@ -43,12 +45,7 @@ def eval_prompts(eval_dir: Path) -> set[str]:
     return folded
 
 
-def decontaminate(
-    battles: pd.DataFrame,
-    eval_dir: Path,
-    log: Callable[[str], None] = print,
-    rows: str = "battles",
-) -> pd.DataFrame:
+def decontaminate(battles: pd.DataFrame, eval_dir: Path, rows: str = "battles") -> pd.DataFrame:
     """Drop rows (battles, or whatever `rows` names) whose prompt equals an eval prompt after
     whitespace and case folding; any frame with `prompt` and `source` columns will do."""
     banned = eval_prompts(eval_dir)
@@ -61,5 +58,5 @@ def decontaminate(
         .items()
     ):
         prompts = battles.loc[hit & (battles["source"] == source), "prompt"].nunique()
-        log(f"decontamination: {source}: dropped {count} {rows} ({prompts} prompts)")
+        logger.info(f"decontamination: {source}: dropped {count} {rows} ({prompts} prompts)")
     return battles[~hit].reset_index(drop=True)

@@ -8,7 +8,6 @@ quality-gap router). Both can take a benchmark's golden labels, which is how `ro
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +28,11 @@ def load_training_table(
     eval_dir: str | Path | None,
     *,
     seed: int = 0,
-    log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
+    """The kind's training table (`cls.trains_on`), decontaminated against `eval_dir`."""
     if cls.trains_on == "prompt_labels":
-        return load_prompt_labels(data_dir, eval_dir, log=log)
-    return load_battles(data_dir, eval_dir, seed=seed, log=log)
+        return load_prompt_labels(data_dir, eval_dir)
+    return load_battles(data_dir, eval_dir, seed=seed)
 
 
 def golden_table(cls: type[BaseRouter], benchmark: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -1,27 +1,34 @@
-"""Thresholds for a target share of strong-model calls."""
+"""Thresholds for target shares of strong-model calls."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def threshold_for_strong_share(scores: np.ndarray, strong_pct: float) -> float:
-    """The threshold t such that `scores >= t` sends `strong_pct` of these prompts to the
-    strong model (as near as ties allow).
-
-    `strong_pct` is a fraction in [0, 1]. 0 gives a threshold above every score.
-    """
-    if not 0.0 <= strong_pct <= 1.0:
-        raise ValueError(f"strong_pct must be a fraction in [0, 1], got {strong_pct}")
+def thresholds_for_shares(scores: np.ndarray, shares: Sequence[float] | np.ndarray) -> np.ndarray:
+    """For each share, the threshold t such that `scores >= t` sends that share of these
+    prompts to the strong model (as near as ties allow): the k-th largest score, k = share x n,
+    or just above the top score for a share of 0. Non-finite scores are left out."""
+    shares = np.asarray(shares, dtype=np.float64)
+    bad = shares[~((shares >= 0.0) & (shares <= 1.0))]
+    if bad.size:
+        raise ValueError(f"a strong share must be a fraction in [0, 1], got {bad[0]}")
     scores = np.asarray(scores, dtype=np.float64)
-    scores = scores[np.isfinite(scores)]
-    if scores.size == 0:
+    descending = np.sort(scores[np.isfinite(scores)])[::-1]
+    if descending.size == 0:
         raise ValueError("cannot calibrate on zero scored prompts")
-    k = round(strong_pct * scores.size)
-    if k == 0:
-        return float(np.nextafter(scores.max(), np.inf))
-    # The k-th largest score: exactly k prompts are >= it unless it is tied.
-    return float(np.partition(scores, scores.size - k)[scores.size - k])
+    ks = np.rint(shares * descending.size).astype(np.int64)
+    above_top = np.nextafter(descending[0], np.inf)
+    # k prompts at or above the k-th largest score, unless it is tied.
+    return np.where(ks > 0, descending[np.maximum(ks, 1) - 1], above_top)
+
+
+def threshold_for_strong_share(scores: np.ndarray, strong_pct: float) -> float:
+    """The one threshold that sends `strong_pct` (a fraction in [0, 1]) of these prompts to
+    the strong model; 0 gives a threshold above every score."""
+    return float(thresholds_for_shares(scores, [strong_pct])[0])
 
 
 def strong_share(scores: np.ndarray, threshold: float) -> float:

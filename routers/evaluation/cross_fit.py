@@ -7,7 +7,7 @@ that fold, so no prompt is scored by a router that saw it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,8 @@ import pandas as pd
 from routers.data.tables import golden_table
 from routers.protocol import BaseRouter
 from routers.training.splits import prompt_folds
+
+logger = logging.getLogger(__name__)
 
 
 def cross_fit_scores(
@@ -26,17 +28,22 @@ def cross_fit_scores(
     *,
     folds: int = 5,
     seed: int = 0,
-    log: Callable[[str], None] = print,
     **train_options: Any,
 ) -> np.ndarray:
-    """Each benchmark row's score from a router that never saw its prompt."""
+    """Each benchmark row's score from a router that never saw its prompt.
+
+    `train_options` go to every fold's `cls.train`; an option the kind does not take is an
+    OptionError before any training starts."""
+    cls.check_train_options(train_options)
     fold = prompt_folds(benchmark["prompt"], folds, seed)
     golden = golden_table(cls, benchmark, name)
     scores = np.full(len(benchmark), np.nan)
     for f in range(folds):
         held = fold == f
-        log(f"cross-fit fold {f + 1}/{folds}: training on {int((~held).sum())} benchmark rows")
+        logger.info(
+            f"cross-fit fold {f + 1}/{folds}: training on {int((~held).sum())} benchmark rows"
+        )
         table = pd.concat([training, golden[~held]], ignore_index=True)
-        router = cls.train(table, seed=seed, log=log, **train_options)
+        router = cls.train(table, seed=seed, **train_options)
         scores[held] = router.score(benchmark.loc[held, "prompt"].tolist())
     return scores

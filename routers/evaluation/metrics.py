@@ -164,6 +164,6 @@ def oracle_curve(
     gain = np.sort(strong - weak)[::-1]
     quality = (weak.sum() + np.concatenate([[0.0], np.cumsum(gain)])) / n
     thresholds = np.concatenate([[np.inf], gain])
-    # A per-prompt curve has up to 14k points; plotting only needs its shape.
+    # A per-prompt curve has a point per prompt; plotting only needs its shape.
     keep = np.unique(np.linspace(0, n, min(n + 1, max_points + 1)).round().astype(int))
     return Curve(keep / n, quality[keep], thresholds[keep])

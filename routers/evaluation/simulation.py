@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from routers.evaluation.calibration import thresholds_for_shares
+
 WINNER_QUALITY = {"strong": 1.0, "weak": 0.0, "tie": 0.5}
 
 
@@ -63,19 +65,6 @@ def thresholds_for(scores: np.ndarray, count: int) -> np.ndarray:
     """`count` thresholds whose strong shares spread evenly from 0 to 1 on these scores."""
     shares = np.linspace(0.0, 1.0, count)
     return thresholds_for_shares(scores, shares)
-
-
-def thresholds_for_shares(scores: np.ndarray, shares: np.ndarray | list[float]) -> np.ndarray:
-    """The threshold that sends (about) each share of these rows to the strong model."""
-    ordered = np.sort(np.asarray(scores, dtype=float))[::-1]
-    out = []
-    for share in np.asarray(shares, dtype=float):
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"strong shares must be in [0, 1], got {share}")
-        k = round(share * len(ordered))
-        # k rows at or above the threshold: the k-th score; zero rows: just above the top.
-        out.append(ordered[k - 1] if k else np.nextafter(ordered[0], np.inf))
-    return np.array(out)
 
 
 def sweep(

@@ -1,7 +1,8 @@
 """BERT classifier router (the RouteLLM paper's `bert` router).
 
 A BERT-family encoder, mean-pooled, with a linear head over three labels in the order
-`LABELS` = (strong wins, tie, weak wins); the score is P(strong wins) = 1 - (P(tie) + P(weak)).
+`CLASS_LABELS` = (strong wins, tie, weak wins); the score is
+P(strong wins) = 1 - (P(tie) + P(weak)).
 
 Labels come from battles the paper's way: every model is rated (Bradley-Terry), ratings are
 grouped into tiers, and a battle between a tier-1 model and a lower tier is a strong-vs-weak
@@ -13,13 +14,11 @@ direct evidence there is. Each such battle is counted once.
 Many battles share a prompt (one Alpaca prompt is judged for dozens of model pairs), so the
 labelled battles are summed per prompt into a weighted label distribution and the loss is the
 cross-entropy against it, times the prompt's total battle weight: the same objective as the
-battle-weighted cross-entropy over every battle, at one forward pass per *prompt*. On the real
-data 64k labelled battles are 1.1k prompts (mean ~50 tokens). "Examples" below are prompts.
+battle-weighted cross-entropy over every battle, at one forward pass per *prompt*, and far
+fewer prompts than battles. "Examples" below are prompts.
 
-Train on the real data. On the CPU the default MiniLM encoder trains at ~3-15 prompts/s on
-2 shared cores (measured; the low end under heavy contention), so an epoch over the ~1.1k
-prompts takes ~2-6 minutes; BERT-base (the paper's encoder) is ~8x slower. One epoch is only
-~35 steps at batch 32, so ask for a few:
+Train on the real data. One epoch is few optimiser steps (one per `batch_size` prompts), so
+ask for a few:
 
     routeray train --router bert --data-dir ../shared/data/train --output out/bert \\
         --param epochs=4 --param lr=5e-5
@@ -28,47 +27,48 @@ prompts takes ~2-6 minutes; BERT-base (the paper's encoder) is ~8x slower. One e
 (the paper used BERT-base; `--embedder PATH` does the same); `--param max_examples=20000`
 caps the labelled battles. On a machine with a GPU, training runs there under bf16 autocast
 (`--param device=cpu` forces the CPU) and a loaded router scores there, in fp32 unless loaded
-with bf16=True. The saved router is
-config.json + model.safetensors (~90 MB for MiniLM, ~440 MB for BERT-base): keep it out of
-git. Load with `routers.checkpoint.load_router(dir, device="cuda", bf16=True)`.
+with bf16=True. The saved router is config.json + model.safetensors, the whole fine-tuned
+encoder: keep it out of git. Load with
+`routers.checkpoint.load_router(dir, device="cuda", bf16=True)`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
-import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
-from routers.data.ratings import LABELS, aggregate_labels, classifier_labels
-from routers.protocol import BaseRouter
-from routers.text.batching import length_batches
+from routers.data.ratings import CLASS_LABELS, aggregate_labels, classifier_labels
+from routers.protocol import BaseRouter, LoadOptions
+from routers.text.batching import CLASSIFIER_BATCH_TOKENS, MAX_BATCH_ROWS, length_batches
 from routers.text.embedders import default_model_path
+from routers.text.hf import DeviceName, offline, resolve_device
 from routers.text.tokens import TokenWindow
-from routers.training.loop import progress, seed_everything
+from routers.training.loop import (
+    fit_epochs,
+    seed_everything,
+    warmup_decay_schedule,
+)
 from routers.training.splits import grouped_split
+
+logger = logging.getLogger(__name__)
 
 STRONG, TIE, WEAK = range(3)
 POOLINGS = ("mean", "cls")
 # Training batches are length-sorted within pools of this many batches (see _train_batches).
 _POOL_BATCHES = 50
-
-
-def _offline() -> None:
-    # Base models are local directories; never let a typo become a hub download.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _is_default(path: str | Path | None) -> bool:
@@ -81,12 +81,20 @@ def _resolve_base(path: str | None) -> str:
     return default_model_path() if _is_default(path) else str(path)
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+class BertLoadOptions(LoadOptions):
+    """Where and how a loaded router scores. The pair is fixed at training time: naming it is
+    allowed, naming another is an error."""
+
+    device: DeviceName | None = None
+    bf16: bool = False
+    batch_tokens: int = Field(default=CLASSIFIER_BATCH_TOKENS, ge=1)
+    max_batch_size: int = Field(default=MAX_BATCH_ROWS, ge=1)
+    strong_model: str | None = None
+    weak_model: str | None = None
 
 
 class BertClassifier(nn.Module):
-    """Encoder -> pooled sentence vector -> dropout -> linear head over `LABELS`."""
+    """Encoder -> pooled sentence vector -> dropout -> linear head over `CLASS_LABELS`."""
 
     def __init__(self, encoder: nn.Module, pooling: str = "mean", dropout: float = 0.1) -> None:
         super().__init__()
@@ -95,7 +103,7 @@ class BertClassifier(nn.Module):
         self.encoder = encoder
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.config.hidden_size, len(LABELS))
+        self.head = nn.Linear(encoder.config.hidden_size, len(CLASS_LABELS))
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.encoder(**features).last_hidden_state
@@ -110,6 +118,7 @@ class BertClassifier(nn.Module):
 
 class BertRouter(BaseRouter):
     kind = "bert"
+    load_options: ClassVar[type[LoadOptions]] = BertLoadOptions
 
     def __init__(
         self,
@@ -124,10 +133,10 @@ class BertRouter(BaseRouter):
         hyperparameters: dict[str, Any] | None = None,
         device: str | torch.device | None = None,
         bf16: bool = False,
-        batch_tokens: int = 16384,
-        max_batch_size: int = 128,
+        batch_tokens: int = CLASSIFIER_BATCH_TOKENS,
+        max_batch_size: int = MAX_BATCH_ROWS,
     ) -> None:
-        self.device = torch.device(device or _default_device())
+        self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
         self.base_model = None if _is_default(base_model) else str(base_model)
         self.strong_model = normalize_model_name(strong_model)
@@ -173,7 +182,7 @@ class BertRouter(BaseRouter):
 
     def _logits(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """float32 logits (n, 3) on the CPU, in the order of `ids`."""
-        out = torch.empty((len(ids), len(LABELS)), dtype=torch.float32)
+        out = torch.empty((len(ids), len(CLASS_LABELS)), dtype=torch.float32)
         if not ids:
             return out
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
@@ -191,7 +200,7 @@ class BertRouter(BaseRouter):
     # -- scoring ------------------------------------------------------------------------
 
     def probabilities(self, prompts: Sequence[str]) -> np.ndarray:
-        """(n, 3) float64 probabilities over `LABELS` (strong, tie, weak)."""
+        """(n, 3) float64 probabilities over `CLASS_LABELS` (strong, tie, weak)."""
         logits = self._logits(self.token_ids(prompts))
         return torch.softmax(logits.double(), dim=-1).numpy()
 
@@ -216,7 +225,7 @@ class BertRouter(BaseRouter):
             "dropout": float(self.net.dropout.p),
             "max_tokens": self.max_tokens,
             "head_tokens": self.head_tokens,
-            "labels": list(LABELS),
+            "labels": list(CLASS_LABELS),
             "strong_model": self.strong_model,
             "weak_model": self.weak_model,
             "hyperparameters": self.hyperparameters,
@@ -228,20 +237,22 @@ class BertRouter(BaseRouter):
 
     @classmethod
     def from_checkpoint(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], options: BertLoadOptions
     ) -> BertRouter:
-        """Overrides: device ("cpu", "cuda", ...), bf16 (autocast on CUDA), batch_tokens,
-        max_batch_size. The model pair is fixed at training time; naming another is an error."""
-        if tuple(config.get("labels", LABELS)) != LABELS:
-            raise ValueError(f"unsupported label order {config['labels']!r}; expected {LABELS}")
+        if tuple(config.get("labels", CLASS_LABELS)) != CLASS_LABELS:
+            raise ValueError(
+                f"unsupported label order {config['labels']!r}; expected {CLASS_LABELS}"
+            )
         for key in ("strong_model", "weak_model"):
-            wanted = overrides.get(key)
+            wanted = getattr(options, key)
             if wanted and normalize_model_name(wanted) != config[key]:
-                raise ValueError(
+                raise cls.option_error(
+                    key,
+                    wanted,
                     f"a bert router is trained for one pair ({config['strong_model']} vs "
-                    f"{config['weak_model']}); it cannot score {key}={wanted!r}"
+                    f"{config['weak_model']})",
                 )
-        _offline()
+        offline()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         base = _resolve_base(config.get("base_model"))
@@ -262,10 +273,10 @@ class BertRouter(BaseRouter):
             strong_model=config["strong_model"],
             weak_model=config["weak_model"],
             hyperparameters=config.get("hyperparameters"),
-            device=overrides.get("device"),
-            bf16=bool(overrides.get("bf16", False)),
-            batch_tokens=int(overrides.get("batch_tokens", 16384)),
-            max_batch_size=int(overrides.get("max_batch_size", 128)),
+            device=options.device,
+            bf16=options.bf16,
+            batch_tokens=options.batch_tokens,
+            max_batch_size=options.max_batch_size,
         )
 
     @classmethod
@@ -284,10 +295,11 @@ class BertRouter(BaseRouter):
     ) -> BertRouter:
         """An untrained router over a local BERT-family model (default: the packaged MiniLM).
 
-        The head starts at zero weights and log-prior biases: on imbalanced labels (the real
-        data is ~90% strong wins) the first steps then refine the prior instead of finding it.
+        The head starts at small random weights and log-prior biases: on imbalanced labels
+        (strong wins dominate the real data) the first steps then refine the prior instead of
+        finding it.
         """
-        _offline()
+        offline()
         from transformers import AutoModel, AutoTokenizer
 
         path = _resolve_base(base_model)
@@ -296,7 +308,8 @@ class BertRouter(BaseRouter):
         net = BertClassifier(encoder, pooling, dropout)
         with torch.no_grad():
             net.head.weight.normal_(0.0, 0.02)
-            prior = np.full(len(LABELS), 1.0 / len(LABELS)) if label_prior is None else label_prior
+            n = len(CLASS_LABELS)
+            prior = np.full(n, 1.0 / n) if label_prior is None else label_prior
             net.head.bias.copy_(torch.from_numpy(np.log(np.clip(prior, 1e-3, None))))
         return cls(
             net,
@@ -334,8 +347,6 @@ class BertRouter(BaseRouter):
         device: str | None = None,
         strong_model: str = STRONG_MODEL,
         weak_model: str = WEAK_MODEL,
-        log: Callable[[str], None] = print,
-        show_progress: bool = True,
     ) -> BertRouter:
         """Fine-tune encoder + head with AdamW (linear warmup then linear decay) on the
         battle-weighted 3-way cross-entropy; report validation loss/accuracy on held-out
@@ -348,17 +359,15 @@ class BertRouter(BaseRouter):
         if base_model is None and embedder:
             base_model = embedder.get("model_path")
         strong, weak = normalize_model_name(strong_model), normalize_model_name(weak_model)
-        labelled = classifier_labels(battles, strong, weak, n_tiers, pair_battles, log)
+        labelled = classifier_labels(battles, strong, weak, n_tiers, pair_battles)
         if max_examples is not None and len(labelled) > max_examples:
             labelled = labelled.sample(n=max_examples, random_state=seed).reset_index(drop=True)
-            log(f"sampled {max_examples} labelled battles (max_examples)")
+            logger.info(f"sampled {max_examples} labelled battles (max_examples)")
         prompts, targets, weights = aggregate_labels(labelled)
-        log(
+        shares = targets.T @ weights / weights.sum()
+        logger.info(
             f"{len(labelled)} labelled battles over {len(prompts)} prompts; label shares "
-            + ", ".join(
-                f"{name} {share:.1%}"
-                for name, share in zip(LABELS, targets.T @ weights / weights.sum(), strict=True)
-            )
+            + ", ".join(f"{name} {x:.1%}" for name, x in zip(CLASS_LABELS, shares, strict=True))
         )
         if holdout > 0 and len(prompts) > 1:
             train_mask, val_mask = grouped_split(pd.Series(prompts), holdout, seed)
@@ -380,7 +389,7 @@ class BertRouter(BaseRouter):
         router.bf16 = router.device.type == "cuda" and torch.cuda.is_bf16_supported()
         ids = router.token_ids(prompts)
         lengths = np.array([len(x) for x in ids])
-        log(
+        logger.info(
             f"training {router.base_model or 'default MiniLM'} on {router.device}: "
             f"{len(train_idx)} train / {len(val_idx)} validation prompts, "
             f"mean {lengths.mean():.0f} tokens (max_tokens {router.max_tokens})"
@@ -388,16 +397,12 @@ class BertRouter(BaseRouter):
         target_t = torch.from_numpy(targets.astype(np.float32))
         weight_t = torch.from_numpy(weights.astype(np.float32))
 
-        def val_metrics() -> tuple[float, float]:
-            logits = router._logits([ids[i] for i in val_idx])
-            return _weighted_metrics(logits, target_t[val_idx], weight_t[val_idx])
-
         majority = float(prior.max())
         if len(val_idx):
             val_prior = targets[val_idx].T @ weights[val_idx] / weights[val_idx].sum()
             majority = float(val_prior[int(np.argmax(prior))])
-            log(
-                f"validation majority-class ({LABELS[int(np.argmax(prior))]}) accuracy "
+            logger.info(
+                f"validation majority-class ({CLASS_LABELS[int(np.argmax(prior))]}) accuracy "
                 f"{majority:.3f}"
             )
 
@@ -410,70 +415,45 @@ class BertRouter(BaseRouter):
             weight_decay=0.0,
         )
         rng = np.random.default_rng(seed)
-        steps_per_epoch = _n_batches(len(train_idx), batch_size)
-        total = max(1, steps_per_epoch * epochs)
-        warm = max(1, int(warmup * total))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimiser,
-            lambda step: (
-                (step + 1) / warm if step < warm else max(0.0, (total - step) / (total - warm))
-            ),
+        schedule = warmup_decay_schedule(
+            optimiser, _n_batches(len(train_idx), batch_size) * epochs, warmup
         )
 
-        history: list[dict[str, float]] = []
-        best_state: dict[str, torch.Tensor] | None = None
-        best_loss, best_epoch = math.inf, epochs
-        for epoch in range(1, epochs + 1):
-            net.train()
-            started, seen, running = time.perf_counter(), 0, 0.0
-            batches = _train_batches(lengths[train_idx], batch_size, rng)
-            for batch in progress(batches, f"bert epoch {epoch}", len(batches), show_progress):
-                rows = train_idx[batch]
-                features = router._collate([ids[i] for i in rows])
-                with router._autocast():
-                    logits = net(features)
-                loss = _weighted_ce(
-                    logits.float(),
-                    target_t[rows].to(router.device),
-                    weight_t[rows].to(router.device),
-                )
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                optimiser.step()
-                scheduler.step()
-                seen += len(rows)
-                running += float(loss.detach()) * len(rows)
-            elapsed = time.perf_counter() - started
-            record = {
-                "epoch": epoch,
-                "train_loss": running / max(seen, 1),
-                "examples_per_s": seen / elapsed if elapsed else math.nan,
-            }
-            message = (
-                f"epoch {epoch}: train loss {record['train_loss']:.4f}, "
-                f"{record['examples_per_s']:.1f} prompts/s"
+        def epoch_batches(_: int) -> list[np.ndarray]:
+            return [train_idx[b] for b in _train_batches(lengths[train_idx], batch_size, rng)]
+
+        def batch_loss(rows: np.ndarray) -> tuple[torch.Tensor, float]:
+            features = router._collate([ids[i] for i in rows])
+            with router._autocast():
+                logits = net(features)
+            loss = _weighted_ce(
+                logits.float(), target_t[rows].to(router.device), weight_t[rows].to(router.device)
             )
-            if len(val_idx):
-                record["val_loss"], record["val_accuracy"] = val_metrics()
-                message += (
-                    f"; validation loss {record['val_loss']:.4f}, "
-                    f"accuracy {record['val_accuracy']:.3f}"
-                )
-                if record["val_loss"] < best_loss:
-                    best_loss, best_epoch = record["val_loss"], epoch
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            history.append(record)
-            log(message)
-        if best_state is not None and best_epoch != epochs:
-            net.load_state_dict(best_state)
-            log(f"kept epoch {best_epoch} (lowest validation loss {best_loss:.4f})")
-        net.eval()
+            return loss, float(len(rows))
+
+        def validate() -> dict[str, float]:
+            logits = router._logits([ids[i] for i in val_idx])
+            loss, accuracy = _weighted_metrics(logits, target_t[val_idx], weight_t[val_idx])
+            return {"val_loss": loss, "val_accuracy": accuracy}
+
+        fit = fit_epochs(
+            net,
+            optimiser,
+            epoch_batches,
+            batch_loss,
+            epochs=epochs,
+            schedule=schedule,
+            clip_norm=1.0,
+            validate=validate if len(val_idx) else None,
+            keep_best=True,
+            desc="bert",
+            unit="prompts",
+        )
         router.bf16 = False  # inference precision is the loader's choice
         router.hyperparameters = {
             "seed": seed,
             "epochs": epochs,
-            "best_epoch": best_epoch,
+            "best_epoch": fit.best_epoch,
             "lr": lr,
             "batch_size": batch_size,
             "weight_decay": weight_decay,
@@ -485,7 +465,7 @@ class BertRouter(BaseRouter):
             "labelled_battles": len(labelled),
             "prompts": len(prompts),
             "validation_majority_accuracy": majority if len(val_idx) else None,
-            "history": history,
+            "history": fit.history,
         }
         return router
 

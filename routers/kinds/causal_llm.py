@@ -30,38 +30,46 @@ Training on a real model, on a GPU host (the base model must be a local director
         --param base_model=/models/Meta-Llama-3-8B-Instruct \\
         --param lora=true --param dtype=bfloat16 --output out/causal
 
-Memory for an 8B model, worked out from its parameter count, not measured (no GPU was lent
-to this project yet); bf16 weights are 16 GB:
-  * scoring: ~17 GB of GPU memory (bf16) at batch_size 8 and 1k-token queries.
-  * LoRA training: 16 GB of weights plus activations, ~40-50 GB at batch_size 8 with 1k-token
-    queries; with `--param gradient_checkpointing=true` a 24 GB GPU suffices at batch_size 2-4.
-  * full fine-tuning: weights + gradients + AdamW state ~64 GB in pure bf16, plus activations
-    and, with epochs > 1, a 16 GB copy of the best weights in host memory. bf16 weights lose
-    small updates at lr 1e-5, so LoRA is the recommended way for large models.
+Memory: a LoRA or full fine-tune of a large model needs a GPU host; with
+`--param gradient_checkpointing=true` activations are recomputed instead of stored. bf16
+weights lose small updates at lr 1e-5, so LoRA is the recommended way for large models; a full
+fine-tune with epochs > 1 also keeps a copy of the best weights in host memory.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
 
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
-from routers.data.ratings import LABELS, aggregate_labels, classifier_labels
-from routers.protocol import BaseRouter
+from routers.data.ratings import CLASS_LABELS, aggregate_labels, classifier_labels
+from routers.protocol import BaseRouter, LoadOptions
+from routers.text.batching import CAUSAL_LM_BATCH_SIZE
+from routers.text.hf import (
+    DeviceName,
+    DtypeName,
+    dtype_name,
+    require_local_dir,
+    resolve_device,
+    resolve_dtype,
+)
 from routers.text.tokens import head_tail
-from routers.training.loop import progress, seed_everything
+from routers.training.loop import fit_epochs, seed_everything, warmup_decay_schedule
 from routers.training.splits import grouped_split
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
     "You are an expert evaluator of AI assistants. Given a user's question, predict how good "
@@ -79,6 +87,8 @@ ANSWER_PREFIX = "[["
 SCORES = ("1", "2", "3", "4", "5")
 # Scores at or above this mean the weak model is good enough: P(strong) = 1 - P(score >= 4).
 WEAK_OK_SCORE = 4
+# Learning-rate warm-up, as a fraction of all steps: the usual share for LLM fine-tuning.
+WARMUP = 0.03
 # Target distribution over scores 1..5 per strong-vs-weak label (see the module docstring).
 LABEL_TARGETS: dict[str, tuple[float, ...]] = {
     "strong": (1.0, 0.0, 0.0, 0.0, 0.0),
@@ -112,38 +122,8 @@ def _flag(value: bool | str | int) -> bool:
     return bool(value)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """bf16 on a GPU, float32 on a CPU (bf16 matmuls are slow or unsupported there)."""
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
-    return resolved
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _require_local(path: str | Path) -> str:
-    # The router is offline by design: a hub id or a typo must not turn into a download.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if not Path(path).is_dir():
-        raise FileNotFoundError(
-            f"base model {str(path)!r} is not a local directory; causal_llm loads only local "
-            "models (pass base_model=/path/to/model, e.g. a downloaded Llama-3-8B-Instruct)"
-        )
-    return str(path)
+    return require_local_dir(path, "causal_llm")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -295,8 +275,22 @@ def add_lora(model: PreTrainedModel, lora: dict[str, Any]) -> torch.nn.Module:
     return get_peft_model(model, config, autocast_adapter_dtype=True)
 
 
+class CausalLoadOptions(LoadOptions):
+    """Where, in what precision and at what batch size a loaded router scores, and where its
+    base model is now. The pair is fixed at training time: naming it is allowed, naming
+    another is an error."""
+
+    base_model: str | None = Field(default=None, min_length=1)
+    device: DeviceName | None = None
+    dtype: DtypeName | None = None
+    batch_size: int | None = Field(default=None, ge=1)
+    strong_model: str | None = None
+    weak_model: str | None = None
+
+
 class CausalLLMRouter(BaseRouter):
     kind = "causal_llm"
+    load_options: ClassVar[type[LoadOptions]] = CausalLoadOptions
 
     def __init__(
         self,
@@ -311,7 +305,7 @@ class CausalLLMRouter(BaseRouter):
         use_chat_template: bool = True,
         max_query_tokens: int = 1024,
         head_query_tokens: int = 64,
-        batch_size: int = 8,
+        batch_size: int = CAUSAL_LM_BATCH_SIZE,
         strong_model: str = STRONG_MODEL,
         weak_model: str = WEAK_MODEL,
         hyperparameters: dict[str, Any] | None = None,
@@ -470,30 +464,20 @@ class CausalLLMRouter(BaseRouter):
 
     @classmethod
     def from_checkpoint(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], options: CausalLoadOptions
     ) -> CausalLLMRouter:
-        """Overrides: base_model (a moved base), device, dtype, batch_size; strong_model and
-        weak_model only if they name the trained pair (the labels were for that pair)."""
-        unknown = set(overrides) - {
-            "base_model",
-            "device",
-            "dtype",
-            "batch_size",
-            "strong_model",
-            "weak_model",
-        }
-        if unknown:
-            raise TypeError(f"unknown causal_llm overrides: {', '.join(sorted(unknown))}")
         for side in ("strong_model", "weak_model"):
-            wanted = overrides.get(side)
+            wanted = getattr(options, side)
             if wanted and normalize_model_name(wanted) != config[side]:
-                raise ValueError(
-                    f"this causal_llm router was trained for {side}={config[side]!r}; it "
-                    f"cannot score {wanted!r} (train one for that pair)"
+                raise cls.option_error(
+                    side,
+                    wanted,
+                    f"this causal_llm router was trained for {side}={config[side]!r} "
+                    "(train one for that pair)",
                 )
-        base_model = overrides.get("base_model") or config["base_model"]
-        device = resolve_device(overrides.get("device"))
-        dtype = resolve_dtype(overrides.get("dtype"), device)
+        base_model = options.base_model or config["base_model"]
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device)
         tokenizer = load_tokenizer(base_model)
         if config["finetune"] == "lora":
             from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -529,7 +513,7 @@ class CausalLLMRouter(BaseRouter):
             use_chat_template=config["use_chat_template"],
             max_query_tokens=config["max_query_tokens"],
             head_query_tokens=config["head_query_tokens"],
-            batch_size=overrides.get("batch_size") or config["batch_size"],
+            batch_size=options.batch_size or config["batch_size"],
             strong_model=config["strong_model"],
             weak_model=config["weak_model"],
             hyperparameters=config.get("hyperparameters"),
@@ -559,7 +543,7 @@ class CausalLLMRouter(BaseRouter):
         epochs: int = 1,
         lr: float | None = None,
         weight_decay: float = 0.0,
-        batch_size: int = 8,
+        batch_size: int = CAUSAL_LM_BATCH_SIZE,
         max_query_tokens: int = 1024,
         head_query_tokens: int = 64,
         holdout: float = 0.1,
@@ -573,8 +557,6 @@ class CausalLLMRouter(BaseRouter):
         dtype: str | None = None,
         strong_model: str = STRONG_MODEL,
         weak_model: str = WEAK_MODEL,
-        log: Callable[[str], None] = print,
-        show_progress: bool = True,
     ) -> CausalLLMRouter:
         """Fine-tune `base_model` (a local causal LM directory) on the battles' strong-vs-weak
         labels; `lr` defaults to 1e-4 with LoRA and 1e-5 for full fine-tuning. With a
@@ -596,14 +578,14 @@ class CausalLLMRouter(BaseRouter):
         lr = float(lr) if lr is not None else (1e-4 if use_lora else 1e-5)
         seed_everything(seed)
 
-        labels = classifier_labels(battles, strong_model, weak_model, n_tiers, log=log)
+        labels = classifier_labels(battles, strong_model, weak_model, n_tiers)
         counts = labels["label"].value_counts().to_dict()
         examples = prompt_targets(labels)
         if max_examples is not None and len(examples) > max_examples:
             rng = np.random.default_rng(seed)
             keep = np.sort(rng.choice(len(examples), max_examples, replace=False))
             examples = examples.iloc[keep].reset_index(drop=True)
-        log(
+        logger.info(
             f"causal_llm: {len(labels)} strong-vs-weak battles ({counts}) over "
             f"{len(examples)} prompts"
         )
@@ -614,7 +596,7 @@ class CausalLLMRouter(BaseRouter):
 
         run_device = resolve_device(device)
         run_dtype = resolve_dtype(dtype, run_device)
-        log(f"loading {base_model} on {run_device} as {_dtype_name(run_dtype)}")
+        logger.info(f"loading {base_model} on {run_device} as {dtype_name(run_dtype)}")
         model = load_base_model(base_model, run_device, run_dtype)
         lora_settings: dict[str, Any] | None = None
         if use_lora:
@@ -646,7 +628,7 @@ class CausalLLMRouter(BaseRouter):
         )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        log(f"training {trainable:,} of {total:,} parameters ({router.finetune})")
+        logger.info(f"training {trainable:,} of {total:,} parameters ({router.finetune})")
 
         ids = router.encode(examples["prompt"].tolist())
         targets = torch.tensor(np.stack(examples["target"].to_numpy()), dtype=torch.float32)
@@ -664,8 +646,6 @@ class CausalLLMRouter(BaseRouter):
             batch_size=batch_size,
             seed=seed,
             gradient_checkpointing=checkpointing,
-            log=log,
-            show_progress=show_progress,
         )
         router.hyperparameters = {
             "finetune": router.finetune,
@@ -678,7 +658,7 @@ class CausalLLMRouter(BaseRouter):
             "holdout": holdout,
             "max_examples": max_examples,
             "n_tiers": n_tiers,
-            "dtype": _dtype_name(run_dtype),
+            "dtype": dtype_name(run_dtype),
             "gradient_checkpointing": checkpointing,
             "battles": len(labels),
             "label_counts": {str(k): int(v) for k, v in counts.items()},
@@ -695,7 +675,7 @@ def prompt_targets(labels: pd.DataFrame) -> pd.DataFrame:
     the per-battle loss with one forward pass per prompt (and the mean target is the
     prompt's label distribution mapped through `LABEL_TARGETS`)."""
     prompts, dist, weight = aggregate_labels(labels)
-    target = dist @ np.array([LABEL_TARGETS[name] for name in LABELS])
+    target = dist @ np.array([LABEL_TARGETS[name] for name in CLASS_LABELS])
     return pd.DataFrame({"prompt": prompts, "target": list(target), "weight": weight})
 
 
@@ -749,8 +729,6 @@ def _fit(
     batch_size: int,
     seed: int,
     gradient_checkpointing: bool,
-    log: Callable[[str], None],
-    show_progress: bool,
 ) -> dict[str, Any]:
     """AdamW with linear warm-up and decay and gradient clipping, the usual recipe for LLM
     fine-tuning; returns the loss history. With a validation split the best epoch's
@@ -759,12 +737,7 @@ def _fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train_rows) / batch_size)
-    total_steps = max(1, steps_per_epoch * epochs)
-    warmup = max(1, int(0.03 * total_steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser,
-        lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / total_steps)),
-    )
+    schedule = warmup_decay_schedule(optimiser, steps_per_epoch * epochs, WARMUP)
     if gradient_checkpointing:
         base = router._base()
         base.gradient_checkpointing_enable()
@@ -775,55 +748,38 @@ def _fit(
     if validate:
         initial = _evaluate(router, ids, targets, weights, val_rows, batch_size)
         history["initial_validation_loss"] = initial
-        log(f"  epoch 0: validation loss {initial:.4f}")
-    best_loss, best_epoch, best_state = math.inf, epochs, None
+        logger.info(f"causal_llm epoch 0: validation loss {initial:.4f}")
     generator = torch.Generator().manual_seed(seed)
-    for epoch in range(1, epochs + 1):
-        model.train()
+
+    def epoch_batches(_: int) -> list[np.ndarray]:
         order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
-        seen_loss, seen_weight = 0.0, 0.0
-        batches = range(0, len(order), batch_size)
-        for start in progress(batches, f"causal_llm epoch {epoch}", len(batches), show_progress):
-            batch = order[start : start + batch_size]
-            w = weights[batch]
-            optimiser.zero_grad(set_to_none=True)
-            loss = _batch_loss(router, [ids[i] for i in batch], targets[batch], w)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
-            schedule.step()
-            seen_loss += float(loss.detach()) * float(w.sum())
-            seen_weight += float(w.sum())
-        train_loss = seen_loss / max(seen_weight, 1e-12)
-        history["train_loss"].append(train_loss)
-        message = f"  epoch {epoch}: train loss {train_loss:.4f}"
-        if validate:
-            val_loss = _evaluate(router, ids, targets, weights, val_rows, batch_size)
-            history["validation_loss"].append(val_loss)
-            message += f", validation loss {val_loss:.4f}"
-            if val_loss < best_loss:
-                best_loss, best_epoch = val_loss, epoch
-                # Only worth a copy if a later epoch may be worse; kept on the host so a full
-                # fine-tune does not need twice its GPU memory.
-                if epoch < epochs:
-                    best_state = {
-                        n: p.detach().to("cpu", copy=True)
-                        for n, p in model.named_parameters()
-                        if p.requires_grad
-                    }
-                else:
-                    best_state = None
-        log(message)
-    if best_state is not None:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in best_state:
-                    param.copy_(best_state[name])
-        log(f"  kept epoch {best_epoch} (validation loss {best_loss:.4f})")
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def batch_loss(rows: np.ndarray) -> tuple[torch.Tensor, float]:
+        w = weights[rows]
+        return _batch_loss(router, [ids[i] for i in rows], targets[rows], w), float(w.sum())
+
+    def validation() -> dict[str, float]:
+        return {"val_loss": _evaluate(router, ids, targets, weights, val_rows, batch_size)}
+
+    fit = fit_epochs(
+        model,
+        optimiser,
+        epoch_batches,
+        batch_loss,
+        epochs=epochs,
+        schedule=schedule,
+        clip_norm=1.0,
+        validate=validation if validate else None,
+        keep_best=True,
+        desc="causal_llm",
+        unit="prompts",
+    )
     if gradient_checkpointing:
         router._base().gradient_checkpointing_disable()
-    model.eval()
-    history["best_epoch"] = best_epoch
+    history["train_loss"] = [record["train_loss"] for record in fit.history]
+    history["validation_loss"] = fit.validation_losses
+    history["best_epoch"] = fit.best_epoch
     if validate:
-        history["best_validation_loss"] = best_loss
+        history["best_validation_loss"] = fit.best_loss
     return history

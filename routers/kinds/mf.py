@@ -10,9 +10,10 @@ prompt. It shifts every prompt's score equally, so the routing order is unaffect
 from __future__ import annotations
 
 import itertools
+import logging
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -20,12 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, model_index
-from routers.protocol import BaseRouter
+from routers.data.model_names import (
+    STRONG_MODEL,
+    WEAK_MODEL,
+    PairLoadOptions,
+    model_index,
+    routed_pair,
+)
+from routers.protocol import BaseRouter, LoadOptions
 from routers.text.embedders import LazyEmbedder, get_embedder
 from routers.training.encoding import EncodedBattles, encode_battles
-from routers.training.loop import progress, seed_everything
+from routers.training.loop import fit_epochs, seed_everything
 from routers.training.splits import grouped_split
+
+logger = logging.getLogger(__name__)
 
 
 class MFNet(nn.Module):
@@ -55,6 +64,7 @@ class MFNet(nn.Module):
 
 class MFRouter(LazyEmbedder, BaseRouter):
     kind = "mf"
+    load_options: ClassVar[type[LoadOptions]] = PairLoadOptions
 
     def __init__(
         self,
@@ -103,8 +113,9 @@ class MFRouter(LazyEmbedder, BaseRouter):
 
     @classmethod
     def from_checkpoint(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], options: PairLoadOptions
     ) -> MFRouter:
+        strong_model, weak_model = routed_pair(cls, config, options)
         net = MFNet(
             len(config["models"]), config["embedding_dim"], config["dim"], config["model_bias"]
         )
@@ -112,8 +123,8 @@ class MFRouter(LazyEmbedder, BaseRouter):
         return cls(
             net,
             config["models"],
-            strong_model=overrides.get("strong_model") or config["strong_model"],
-            weak_model=overrides.get("weak_model") or config["weak_model"],
+            strong_model=strong_model,
+            weak_model=weak_model,
             embedder=config.get("embedder"),
             hyperparameters=config.get("hyperparameters"),
         )
@@ -134,15 +145,13 @@ class MFRouter(LazyEmbedder, BaseRouter):
         holdout: float = 0.2,
         strong_model: str = STRONG_MODEL,
         weak_model: str = WEAK_MODEL,
-        log: Callable[[str], None] = print,
-        show_progress: bool = True,
     ) -> MFRouter:
         """Choose dim, weight decay and epochs on a held-out split of the training prompts,
         then refit on every battle with the chosen values."""
         seed_everything(seed)
         models = sorted(set(battles["model_a"]) | set(battles["model_b"]))
         prompts, encoded = encode_battles(battles, models)
-        log(f"embedding {len(prompts)} unique training prompts")
+        logger.info(f"embedding {len(prompts)} unique training prompts")
         embeddings = torch.from_numpy(get_embedder(**(embedder or {})).encode(prompts))
         train_mask, val_mask = grouped_split(battles["prompt"], holdout, seed)
         train = encoded.subset(np.flatnonzero(train_mask))
@@ -163,17 +172,16 @@ class MFRouter(LazyEmbedder, BaseRouter):
                 patience,
                 seed,
                 val,
-                show_progress,
                 f"mf dim={dim} wd={wd:g}",
             )
             best_epoch = int(np.argmin(history)) + 1
             results.append((min(history), dim, wd, best_epoch))
-            log(
+            logger.info(
                 f"  dim={dim} weight_decay={wd:g}: validation loss {min(history):.4f} "
                 f"at epoch {best_epoch}"
             )
         val_loss, dim, wd, epochs = min(results)
-        log(
+        logger.info(
             f"chosen: dim={dim} weight_decay={wd:g} epochs={epochs} "
             f"(validation loss {val_loss:.4f})"
         )
@@ -191,7 +199,6 @@ class MFRouter(LazyEmbedder, BaseRouter):
             None,
             seed,
             None,
-            show_progress,
             "mf final fit",
         )
         chosen = {
@@ -231,30 +238,38 @@ def _fit(
     patience: int | None,
     seed: int,
     val: EncodedBattles | None,
-    show_progress: bool,
     desc: str,
 ) -> list[float]:
-    """Mini-batch AdamW; returns the validation loss after each epoch (empty without val)."""
+    """Mini-batch AdamW, a fresh seeded shuffle every epoch; returns the validation loss after
+    each epoch (early stopping after `patience` epochs without a better one), or [nan]
+    without `val`."""
     optimiser = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay
     )
     generator = torch.Generator().manual_seed(seed)
-    history: list[float] = []
-    net.train()
-    for _ in progress(range(epochs), desc, epochs, show_progress):
+
+    def epoch_batches(_: int) -> list[EncodedBattles]:
         order = torch.randperm(len(train), generator=generator)
-        for start in range(0, len(train), batch_size):
-            batch = train.subset(order[start : start + batch_size])
-            optimiser.zero_grad()
-            _loss(net, embeddings, batch).backward()
-            optimiser.step()
-        if val is not None:
-            net.eval()
-            with torch.no_grad():
-                history.append(float(_loss(net, embeddings, val)))
-            net.train()
-            best = int(np.argmin(history))
-            if patience is not None and len(history) - 1 - best >= patience:
-                break
-    net.eval()
-    return history if val is not None else [math.nan]
+        return [
+            train.subset(order[start : start + batch_size])
+            for start in range(0, len(train), batch_size)
+        ]
+
+    def batch_loss(batch: EncodedBattles) -> tuple[torch.Tensor, float]:
+        return _loss(net, embeddings, batch), float(len(batch))
+
+    def validate() -> dict[str, float]:
+        return {"val_loss": float(_loss(net, embeddings, val))}
+
+    result = fit_epochs(
+        net,
+        optimiser,
+        epoch_batches,
+        batch_loss,
+        epochs=epochs,
+        validate=validate if val is not None else None,
+        patience=patience,
+        desc=desc,
+        unit="battles",
+    )
+    return result.validation_losses if val is not None else [math.nan]

@@ -27,6 +27,7 @@ with a benchmark's own labels (`routeray eval --cross-fit` adds them as sources 
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,20 +37,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
-from routers.data.prompt_labels import LABELS
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
+from routers.data.prompt_labels import PROMPT_LABELS
 from routers.data.tables import GOLDEN_PREFIX
 from routers.evaluation.metrics import evaluate_scores
-from routers.protocol import BaseRouter
+from routers.progress import progress
+from routers.protocol import BaseRouter, LoadOptions
 from routers.text.embedders import LazyEmbedder, get_embedder
 from routers.text.features import prompt_features
 from routers.training.splits import prompt_folds
+
+logger = logging.getLogger(__name__)
 
 LABEL_SETS = {
     "all_fail": ("all_fail",),
     "mid_fail": ("mid_fail",),
     "difficulty": ("all_fail", "mid_fail", "top_minus_all", "top_minus_mid"),
-    "all": LABELS,
+    "all": PROMPT_LABELS,
     "pair": ("pair_gap",),
 }
 ENSEMBLE_SIZES = (1, 3, 5, 10)
@@ -92,7 +96,7 @@ class Variant:
 
     @property
     def columns(self) -> list[int]:
-        return [LABELS.index(name) for name in LABEL_SETS[self.labels]]
+        return [PROMPT_LABELS.index(name) for name in LABEL_SETS[self.labels]]
 
     def describe(self) -> str:
         parts = [self.model, f"labels={self.labels}"]
@@ -164,8 +168,7 @@ def fit_ridge(
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b through torch: numpy's BLAS keeps its own threads spinning after each call,
-    and on a small machine they steal the cores the embedder's torch threads need next
-    (measured: one-prompt calls ran 3x slower)."""
+    and on a small machine they steal the cores the embedder's torch threads need next."""
 
     def tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x if x.dtype == np.float32 else x.astype(np.float32))
@@ -335,9 +338,18 @@ class _Candidate:
     by_source: dict[str, float]
 
 
+class QualityGapLoadOptions(LoadOptions):
+    """The pair is fixed at training time (the labels and the calibration are that pair's):
+    naming it is allowed, naming another is an error."""
+
+    strong_model: str | None = None
+    weak_model: str | None = None
+
+
 class QualityGapRouter(LazyEmbedder, BaseRouter):
     kind = "quality_gap"
     trains_on: ClassVar[str] = "prompt_labels"
+    load_options: ClassVar[type[LoadOptions]] = QualityGapLoadOptions
 
     def __init__(
         self,
@@ -423,13 +435,19 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
 
     @classmethod
     def from_checkpoint(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any
+        cls,
+        config: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        options: QualityGapLoadOptions,
     ) -> QualityGapRouter:
         for key in ("strong_model", "weak_model"):
-            if overrides.get(key) and overrides[key] != config[key]:
-                raise ValueError(
-                    f"a quality_gap router is trained for one pair ({config['strong_model']} vs "
-                    f"{config['weak_model']}); retrain it for {key}={overrides[key]!r}"
+            wanted = getattr(options, key)
+            if wanted and normalize_model_name(wanted) != normalize_model_name(config[key]):
+                raise cls.option_error(
+                    key,
+                    wanted,
+                    f"a quality_gap router is trained for one pair ({config['strong_model']} "
+                    f"vs {config['weak_model']}); retrain it for {key}={wanted!r}",
                 )
 
         def array(name: str) -> np.ndarray | None:
@@ -477,8 +495,6 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
         ensemble_sizes: Sequence[int] = ENSEMBLE_SIZES,
         strong_model: str = STRONG_MODEL,
         weak_model: str = WEAK_MODEL,
-        log: Callable[[str], None] = print,
-        show_progress: bool = True,
     ) -> QualityGapRouter:
         """Choose text, members and calibration by held-out APGR, then refit on every row."""
         labels = labels.reset_index(drop=True)
@@ -492,7 +508,7 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
         raw_features = prompt_features(prompts)
         mean, std = raw_features.mean(0), raw_features.std(0) + 1e-6
         feats = (raw_features - mean) / std
-        targets = standardise_within_source(labels[list(LABELS)].to_numpy(float), sources)
+        targets = standardise_within_source(labels[list(PROMPT_LABELS)].to_numpy(float), sources)
         splits = held_out_splits(labels["prompt"], sources, golden, folds, seed)
         weak_q = labels["weak_q"].to_numpy(float)
         strong_q = labels["strong_q"].to_numpy(float)
@@ -511,9 +527,9 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
         embedded: dict[str, np.ndarray] = {}
         embed = get_embedder(**(embedder or {}))
         for text in texts:
-            log(f"embedding {len(set(prompts))} unique prompts ({text})")
+            logger.info(f"embedding {len(set(prompts))} unique prompts ({text})")
             embedded[text] = emb = embed.encode([TEXT_MODES[text](p) for p in prompts])
-            for variant in grid:
+            for variant in progress(grid, f"quality_gap {text} candidates", len(grid), "candidate"):
                 pred = np.zeros(len(labels))
                 w = weights(variant)
                 for train, test in splits:
@@ -522,7 +538,7 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
                     pred[test] = member.predict(emb[test], feats[test], bank)
                 criterion, by_source = judge(pred)
                 candidates.append(_Candidate(text, variant, pred, criterion, by_source))
-                log(
+                logger.info(
                     f"  {text}: {variant.describe()}: held-out APGR {criterion:.3f} ("
                     + ", ".join(f"{s} {v:.3f}" for s, v in by_source.items())
                     + ")"
@@ -537,11 +553,11 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
                 chosen = ranked[:size]
                 pred = np.mean([c.held_out for c in chosen], axis=0)
                 criterion, by_source = judge(pred)
-                log(f"  {text}: average of the best {size}: held-out APGR {criterion:.3f}")
+                logger.info(f"  {text}: average of the best {size}: held-out APGR {criterion:.3f}")
                 if best is None or criterion > best[0] + 1e-12:
                     best = (criterion, text, chosen, by_source, pred)
         criterion, text, chosen, by_source, pred = best
-        log(
+        logger.info(
             f"chosen: text={text}, {len(chosen)} member(s) (held-out APGR {criterion:.3f}): "
             + "; ".join(c.variant.describe() for c in chosen)
         )
@@ -579,4 +595,4 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
         )
         # Through the saved precision (half-precision bank), so that a trained router and its
         # reloaded copy score identically.
-        return cls.from_checkpoint(router.config(), router.tensors())
+        return cls.from_checkpoint(router.config(), router.tensors(), QualityGapLoadOptions())

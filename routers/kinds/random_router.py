@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 
-from routers.protocol import BaseRouter
+from routers.protocol import BaseRouter, LoadOptions
+
+
+class RandomLoadOptions(LoadOptions):
+    """Another seed for the scores' generator than the trained one."""
+
+    seed: int | None = None
 
 
 class RandomRouter(BaseRouter):
     kind = "random"
+    load_options: ClassVar[type[LoadOptions]] = RandomLoadOptions
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
@@ -26,10 +34,11 @@ class RandomRouter(BaseRouter):
 
     @classmethod
     def from_checkpoint(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], options: RandomLoadOptions
     ) -> RandomRouter:
-        return cls(seed=overrides.get("seed", config.get("seed")))
+        return cls(seed=config.get("seed") if options.seed is None else options.seed)
 
     @classmethod
-    def train(cls, battles: Any = None, *, seed: int = 0, **_: Any) -> RandomRouter:
+    def train(cls, table: pd.DataFrame | None = None, *, seed: int = 0) -> RandomRouter:
+        """Nothing to learn: the table is ignored and `seed` seeds the scores."""
         return cls(seed=seed)

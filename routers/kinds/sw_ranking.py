@@ -15,21 +15,31 @@ reference the batched path is tested and benchmarked against.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationInfo, field_validator
 
-from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, model_index
+from routers.data.model_names import (
+    STRONG_MODEL,
+    WEAK_MODEL,
+    PairLoadOptions,
+    model_index,
+    routed_pair,
+)
 from routers.data.ratings import WINNER_TARGET
-from routers.protocol import BaseRouter
+from routers.protocol import BaseRouter, LoadOptions
 from routers.text.embedders import LazyEmbedder, get_embedder
+
+logger = logging.getLogger(__name__)
 
 # Armijo constant of the line search, and the slack that lets a step whose loss change is
 # below float64 rounding count as a decrease (near the optimum every change is that small).
@@ -63,6 +73,30 @@ class SWSettings:
             raise ValueError("weight_base and weight_scale must be > 0")
         if self.max_iter < 1 or self.chunk_size < 1 or not self.tol > 0:
             raise ValueError("max_iter and chunk_size must be >= 1 and tol > 0")
+
+
+class SWLoadOptions(PairLoadOptions):
+    """The routed pair, and any of the `SWSettings`: the weighting is an inference choice."""
+
+    l2: float | None = None
+    weight_base: float | None = None
+    weight_scale: float | None = None
+    max_iter: int | None = None
+    tol: float | None = None
+    chunk_size: int | None = None
+
+    @field_validator("l2", "weight_base", "weight_scale", "max_iter", "tol", "chunk_size")
+    @classmethod
+    def _valid_setting(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # SWSettings holds the rules; a value is checked against the defaults of the others.
+        if value is not None:
+            replace(SWSettings(), **{str(info.field_name): value})
+        return value
+
+    def settings(self, stored: SWSettings) -> SWSettings:
+        """`stored` with the settings these options give."""
+        given = {name: getattr(self, name) for name in SWSettings.__dataclass_fields__}
+        return replace(stored, **{k: v for k, v in given.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -260,6 +294,7 @@ class SWRankingRouter(LazyEmbedder, BaseRouter):
     similar the battle's prompt is to the query; the weighting is chosen at inference time."""
 
     kind = "sw_ranking"
+    load_options: ClassVar[type[LoadOptions]] = SWLoadOptions
 
     def __init__(
         self,
@@ -361,17 +396,10 @@ class SWRankingRouter(LazyEmbedder, BaseRouter):
 
     @classmethod
     def from_checkpoint(
-        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], options: SWLoadOptions
     ) -> SWRankingRouter:
-        """Overrides: strong_model, weak_model, and any field of `SWSettings`."""
-        fields = set(SWSettings.__dataclass_fields__)
-        unknown = set(overrides) - fields - {"strong_model", "weak_model"}
-        if unknown:
-            raise ValueError(f"sw_ranking cannot override {sorted(unknown)}")
-        settings = replace(
-            SWSettings(**config["settings"]),
-            **{k: v for k, v in overrides.items() if k in fields and v is not None},
-        )
+        strong_model, weak_model = routed_pair(cls, config, options)
+        settings = options.settings(SWSettings(**config["settings"]))
         stats = PairStats(
             prompt_idx=tensors["stat_prompt"].long(),
             pair_idx=tensors["stat_pair"].long(),
@@ -390,8 +418,8 @@ class SWRankingRouter(LazyEmbedder, BaseRouter):
             embeddings,
             stats,
             config["models"],
-            strong_model=overrides.get("strong_model") or config["strong_model"],
-            weak_model=overrides.get("weak_model") or config["weak_model"],
+            strong_model=strong_model,
+            weak_model=weak_model,
             embedder=config.get("embedder"),
             settings=settings,
             training=config.get("training"),
@@ -412,24 +440,22 @@ class SWRankingRouter(LazyEmbedder, BaseRouter):
         max_iter: int = SWSettings.max_iter,
         tol: float = SWSettings.tol,
         chunk_size: int = SWSettings.chunk_size,
-        log: Callable[[str], None] = print,
-        show_progress: bool = True,
     ) -> SWRankingRouter:
         """Embed the unique training prompts and reduce the battles to pair statistics.
 
         Nothing is learned before a query arrives, so there is nothing random: `seed` is only
-        recorded, and `show_progress` is accepted for the same call as the other routers.
+        recorded.
         """
         settings = SWSettings(l2, weight_base, weight_scale, max_iter, tol, chunk_size)
         models = sorted(set(battles["model_a"]) | set(battles["model_b"]))
         for name in (strong_model, weak_model):
             model_index(models, name)  # fail before the slow part, not after it
         prompts, stats = build_pair_stats(battles, models)
-        log(
+        logger.info(
             f"sw_ranking: {len(battles)} battles -> {len(stats.wins)} (prompt, pair) statistics "
             f"over {len(prompts)} prompts, {stats.n_pairs} model pairs, {len(models)} models"
         )
-        log(f"embedding {len(prompts)} unique training prompts")
+        logger.info(f"embedding {len(prompts)} unique training prompts")
         embeddings = torch.from_numpy(get_embedder(**(embedder or {})).encode(prompts))
         return cls(
             embeddings,

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+# Defaults in one place. An encoder batch holds at most MAX_BATCH_ROWS prompts and, padded,
+# at most this many tokens (rows x longest row): the sentence embedder's, and the BERT
+# classifier's at scoring time.
+MAX_BATCH_ROWS = 128
+EMBEDDER_BATCH_TOKENS = 8192
+CLASSIFIER_BATCH_TOKENS = 16384
+# Prompts per forward pass of a causal LM router, scoring and training alike: its prompts
+# carry an instruction template and a model far larger than an encoder.
+CAUSAL_LM_BATCH_SIZE = 8
+
 
 def length_batches(lengths: np.ndarray, max_batch_size: int, batch_tokens: int) -> list[np.ndarray]:
     """Indices sorted by length, cut into batches whose padded size (rows x longest row) stays

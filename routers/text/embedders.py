@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from routers.text.batching import length_batches
+from routers.progress import progress_bar
+from routers.text.batching import EMBEDDER_BATCH_TOKENS, MAX_BATCH_ROWS, length_batches
+from routers.text.hf import offline
 from routers.text.tokens import TokenWindow
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -43,13 +45,11 @@ class Embedder:
         *,
         max_tokens: int | None = None,
         head_tokens: int = 64,
-        batch_tokens: int = 8192,
-        max_batch_size: int = 128,
+        batch_tokens: int = EMBEDDER_BATCH_TOKENS,
+        max_batch_size: int = MAX_BATCH_ROWS,
         device: str | None = None,
     ) -> None:
-        # The model ships inside a package; never let a typo turn into a hub download.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        offline()
         from sentence_transformers import SentenceTransformer
 
         self.model_path = model_path
@@ -87,13 +87,15 @@ class Embedder:
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         # SentenceTransformer modules are not re-entrant across threads (Serve replicas may
         # call from several); the lock costs nothing when calls are already serial.
-        with self._lock, torch.inference_mode():
+        bar = progress_bar(f"embedding ({self.name})", len(ids), unit="prompt")
+        with self._lock, torch.inference_mode(), bar:
             for batch in self._batches(lengths):
                 features = self.window.collate([ids[i] for i in batch])
                 features = {k: v.to(self.device) for k, v in features.items()}
                 emb = self.model(features)["sentence_embedding"]
                 emb = torch.nn.functional.normalize(emb.float(), dim=-1)
                 out[batch] = emb.cpu().numpy()
+                bar.update(len(batch))
         return out
 
     def cache_key(self) -> str:
@@ -103,8 +105,8 @@ class Embedder:
 class CachedEmbedder:
     """An Embedder whose vectors persist in `cache_dir`, keyed by a hash of the text.
 
-    Training and evaluation embed the same tens of thousands of prompts run after run; the
-    cache turns a five-minute wait into a file read. Serving never uses it.
+    Training and evaluation embed the same prompts run after run; the cache turns that wait
+    into a file read. Serving never uses it.
     """
 
     def __init__(self, embedder: Embedder, cache_dir: str | Path) -> None:

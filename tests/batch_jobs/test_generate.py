@@ -111,9 +111,7 @@ def test_generate_answers_every_row_once(
     config = config_for(standin, model_dir, requests_per_s=50, concurrency=4)
     # Half the rows each way, whatever the random router's scale.
     threshold = float(np.median(load_router(tiny_router_dir).score([p for p in prompts if p])))
-    summary = run(
-        str(source), str(out), config, router_dir=str(tiny_router_dir), threshold=threshold
-    )
+    summary = run(str(source), str(out), config, router=str(tiny_router_dir), threshold=threshold)
 
     table = pq.read_table(out).to_pandas().set_index("id").sort_index()
     assert table.index.tolist() == list(range(40))

@@ -32,9 +32,7 @@ def test_route_job_routes_every_row_once(local_ray, tmp_path: Path, tiny_router_
             row_group_size=20,
         )
     out = tmp_path / "out"
-    summary = run(
-        str(source), str(out), router_dir=str(tiny_router_dir), strong_pct=0.5, batch_size=32
-    )
+    summary = run(str(source), str(out), router=str(tiny_router_dir), strong_pct=0.5, batch_size=32)
 
     table = pq.read_table(out).to_pandas().sort_values("id")
     assert table["id"].tolist() == list(range(120))
@@ -62,18 +60,14 @@ def test_route_job_routes_every_row_once(local_ray, tmp_path: Path, tiny_router_
     assert written["estimated_cost_usd"] < written["all_strong_cost_usd"]
 
     # The same job again finds every file published: nothing is redone or repeated.
-    again = run(
-        str(source), str(out), router_dir=str(tiny_router_dir), strong_pct=0.5, batch_size=32
-    )
+    again = run(str(source), str(out), router=str(tiny_router_dir), strong_pct=0.5, batch_size=32)
     assert pq.read_table(out).num_rows == 120
     assert again == summary
 
     # Other settings would mix two jobs' rows in one output: refused unless told to overwrite.
     with pytest.raises(JobConflict, match="threshold"):
-        run(str(source), str(out), router_dir=str(tiny_router_dir), threshold=0.9)
-    fresh = run(
-        str(source), str(out), router_dir=str(tiny_router_dir), threshold=0.9, overwrite=True
-    )
+        run(str(source), str(out), router=str(tiny_router_dir), threshold=0.9)
+    fresh = run(str(source), str(out), router=str(tiny_router_dir), threshold=0.9, overwrite=True)
     assert pq.read_table(out).num_rows == 120
     assert fresh["threshold"] == 0.9 and fresh["strong"] + fresh["weak"] == 118
 
@@ -82,4 +76,4 @@ def test_route_job_rejects_a_bad_threshold(local_ray, tmp_path: Path, tiny_route
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"prompt": ["hello"]}), source)
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
-        run(str(source), str(tmp_path / "out"), router_dir=str(tiny_router_dir), threshold=1.5)
+        run(str(source), str(tmp_path / "out"), router=str(tiny_router_dir), threshold=1.5)

@@ -107,12 +107,12 @@ def test_bad_files_stop_the_job_naming_file_and_column(local_ray, local_s3, tiny
     put_archive(local_s3, bucket, files=1, rows=10)
     put_table(local_s3, bucket, "in/other.parquet", pa.table({"text": ["hello"]}))
     with pytest.raises(InputError, match=r"s3://.*/in/other\.parquet: no column 'prompt'"):
-        run(f"s3://{bucket}/in", f"s3://{bucket}/out", router_dir=str(tiny_router_dir),
+        run(f"s3://{bucket}/in", f"s3://{bucket}/out", router=str(tiny_router_dir),
             s3_endpoint=local_s3.endpoint)  # fmt: skip
 
     local_s3.client().put_object(Bucket=bucket, Key="in/other.parquet", Body=b"not parquet")
     with pytest.raises(InputError, match=r"in/other\.parquet: not a readable Parquet file"):
-        run(f"s3://{bucket}/in", f"s3://{bucket}/out", router_dir=str(tiny_router_dir),
+        run(f"s3://{bucket}/in", f"s3://{bucket}/out", router=str(tiny_router_dir),
             s3_endpoint=local_s3.endpoint)  # fmt: skip
     # Nothing was routed, so nothing is published.
     listing = local_s3.client().list_objects_v2(Bucket=bucket, Prefix="out/")
@@ -131,10 +131,12 @@ def test_killed_job_reruns_to_every_row_exactly_once(local_ray, local_s3, tiny_r
         "--threshold", "0.5",
         "--batch-size", "8",
     ]  # fmt: skip
-    # The job runs as its own driver on this Ray cluster, as `ray job submit` would run it.
+    # The job runs as its own driver on this Ray cluster, as `ray job submit -- routeray batch
+    # route ...` would run it.
     env = {**os.environ, "RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
+    routeray = Path(sys.executable).with_name("routeray")
     job = subprocess.Popen(
-        [sys.executable, "-m", "batch_jobs.route", *args],
+        [str(routeray), "batch", "route", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -162,7 +164,7 @@ def test_killed_job_reruns_to_every_row_exactly_once(local_ray, local_s3, tiny_r
     summary = run(
         f"s3://{bucket}/in/",
         f"s3://{bucket}/out/",
-        router_dir=str(tiny_router_dir),
+        router=str(tiny_router_dir),
         threshold=0.5,
         batch_size=8,
         s3_endpoint=local_s3.endpoint,

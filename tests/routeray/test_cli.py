@@ -118,10 +118,11 @@ def test_eval_writes_metrics_and_plot(tmp_path: Path, tiny_router_dir: Path):
         "eval",
         "--benchmark",
         "mmlu",
-        "--routers",
+        "--router",
         "random",
+        "--router",
         str(tiny_router_dir),
-        "--data-dir",
+        "--eval-dir",
         data,
         "--output",
         out,
@@ -149,9 +150,9 @@ def _cross_fit_dirs(tmp_path: Path) -> tuple[Path, Path]:
 def test_eval_cross_fit_adds_a_row_scored_out_of_fold(tmp_path: Path):
     data, train = _cross_fit_dirs(tmp_path)
     out = tmp_path / "result"
-    args = ["--benchmark", "mmlu", "--routers", "random", "--data-dir", data]
+    args = ["--benchmark", "mmlu", "--router", "random", "--eval-dir", data]
     args += ["--train-dir", train, "--output", out, "--no-embedding-cache"]
-    result = invoke("eval", *args, "--cross-fit", "3", "--router-kind", "sw_ranking")
+    result = invoke("eval", *args, "--cross-fit", "3", "--kind", "sw_ranking")
     assert result.exit_code == 0, result.output
     assert "sw_ranking trained 3 times" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -160,10 +161,8 @@ def test_eval_cross_fit_adds_a_row_scored_out_of_fold(tmp_path: Path):
 
 def test_eval_cross_fit_with_one_fold_fails_clearly(tmp_path: Path):
     data, train = _cross_fit_dirs(tmp_path)
-    args = ["--benchmark", "mmlu", "--routers", "random", "--data-dir", data, "--train-dir", train]
-    result = invoke(
-        "eval", *args, "--output", tmp_path / "r", "--cross-fit", "1", "--router-kind", "mf"
-    )
+    args = ["--benchmark", "mmlu", "--router", "random", "--eval-dir", data, "--train-dir", train]
+    result = invoke("eval", *args, "--output", tmp_path / "r", "--cross-fit", "1", "--kind", "mf")
     assert result.exit_code == 2
     assert "at least 2 folds" in result.output
 
@@ -173,9 +172,9 @@ def test_eval_unknown_benchmark_fails_clearly(tmp_path: Path):
         "eval",
         "--benchmark",
         "hellaswag",
-        "--routers",
+        "--router",
         "random",
-        "--data-dir",
+        "--eval-dir",
         tmp_path,
         "--output",
         tmp_path / "o",
@@ -280,9 +279,9 @@ def test_train_writes_a_loadable_decontaminated_router(
         options = [*options, "--param", f"base_model={request.getfixturevalue('tiny_llama')}"]
     result = invoke(
         "train",
-        "--router",
+        "--kind",
         kind,
-        "--data-dir",
+        "--train-dir",
         train_dir,
         "--eval-dir",
         eval_dir,
@@ -306,9 +305,10 @@ def test_train_writes_a_loadable_decontaminated_router(
 
 
 def test_param_values_keep_their_types():
-    from routeray.cli import _params
+    from routeray.options import key_values
 
-    assert _params(["lr=5e-5", "epochs=2", "lora=true", "base_model=/m/x", "dims=[64, 128]"]) == {
+    items = ["lr=5e-5", "epochs=2", "lora=true", "base_model=/m/x", "dims=[64, 128]"]
+    assert key_values(items, "--param") == {
         "lr": 5e-5,
         "epochs": 2,
         "lora": True,
@@ -319,22 +319,21 @@ def test_param_values_keep_their_types():
 
 def test_train_option_the_router_lacks_fails_clearly(tmp_path: Path):
     train_dir, eval_dir = _training_dirs(tmp_path)
-    args = ["--data-dir", train_dir, "--eval-dir", eval_dir, "--output", tmp_path / "r"]
-    result = invoke("train", "--router", "mf", *args, "--param", "wings=2")
+    args = ["--train-dir", train_dir, "--eval-dir", eval_dir, "--output", tmp_path / "r"]
+    result = invoke("train", "--kind", "mf", *args, "--param", "wings=2")
     assert result.exit_code == 2
-    assert "router 'mf' does not take these options" in result.output
-    assert "wings" in result.output
+    assert "router kind 'mf' has no training option 'wings'" in result.output
     assert not (tmp_path / "r").exists()
 
 
 def test_train_param_must_be_key_value(tmp_path: Path):
-    result = invoke("train", "--router", "mf", "--param", "epochs", "--output", tmp_path / "r")
+    result = invoke("train", "--kind", "mf", "--param", "epochs", "--output", tmp_path / "r")
     assert result.exit_code == 2
     assert "--param takes KEY=VALUE" in result.output
 
 
 def test_train_unknown_router_kind_fails_clearly(tmp_path: Path):
-    result = invoke("train", "--router", "gpt-magic", "--output", tmp_path / "r")
+    result = invoke("train", "--kind", "gpt-magic", "--output", tmp_path / "r")
     assert result.exit_code == 2
     assert "unknown router kind 'gpt-magic'" in result.output
 
@@ -344,7 +343,7 @@ def test_train_without_eval_data_refuses(tmp_path: Path):
     _write_training_sources(train_dir)
     result = invoke(
         "train",
-        "--data-dir",
+        "--train-dir",
         train_dir,
         "--eval-dir",
         tmp_path / "missing",
@@ -359,7 +358,7 @@ def test_train_without_eval_data_refuses(tmp_path: Path):
 
 def test_ratings_rank_the_model_that_wins_first(tmp_path: Path):
     train_dir, eval_dir = _training_dirs(tmp_path)
-    result = invoke("ratings", "--data-dir", train_dir, "--eval-dir", eval_dir, "--tiers", "2")
+    result = invoke("ratings", "--train-dir", train_dir, "--eval-dir", eval_dir, "--tiers", "2")
     assert result.exit_code == 0, result.output
     table = [line.split() for line in result.output.splitlines() if line[:4].strip().isdigit()]
     # In the fixture gpt-4o wins its one battle and never loses; Mixtral never wins (it loses
@@ -376,11 +375,74 @@ def test_cli_cache_setting_does_not_outlive_the_command(tmp_path: Path):
         "eval",
         "--benchmark",
         "nope",
-        "--routers",
+        "--router",
         "random",
-        "--data-dir",
+        "--eval-dir",
         tmp_path,
         "--embedding-cache",
         tmp_path / "cache",
     )
     assert "ROUTERAY_EMBEDDING_CACHE" not in os.environ
+
+
+# --- one vocabulary ---------------------------------------------------------------------------
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"routeray {version('routeray')}"
+
+
+def test_score_and_calibrate_take_the_shipped_name(tmp_path: Path):
+    from routers import default_router_dir
+
+    source = tmp_path / "in.parquet"
+    prompts = ["What is 17 * 23?", "hi!", "Prove that sqrt(2) is irrational.", "Name a colour."]
+    pq.write_table(pa.table({"prompt": prompts}), source)
+    out = tmp_path / "out.parquet"
+    result = invoke("score", "--input", source, "--output", out, "--router", "default")
+    assert result.exit_code == 0, result.output
+    expected = load_router(default_router_dir()).score(prompts)
+    np.testing.assert_allclose(pq.read_table(out).column("strong_win_rate").to_numpy(), expected)
+    result = invoke("calibrate", "--router", "default", "--input", source, "--strong-pct", "0.5")
+    assert result.exit_code == 0, result.output
+    threshold = float(result.output.strip().splitlines()[-1])
+    assert np.mean(expected >= threshold) == 0.5
+
+
+def test_load_options_reach_the_router(tmp_path: Path, tiny_router_dir: Path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": ["What is 17 * 23?", "hi!"]}), source)
+    scores = {}
+    for pair in ("mixtral-8x7b-instruct-v0.1", "other-model"):
+        out = tmp_path / f"{pair}.parquet"
+        args = ["--router", tiny_router_dir, "--load-option", f"weak_model={pair}"]
+        result = invoke("score", "--input", source, "--output", out, *args)
+        assert result.exit_code == 0, result.output
+        scores[pair] = pq.read_table(out).column("strong_win_rate").to_numpy()
+    # Another weak model is another pair: the scores move.
+    assert not np.allclose(scores["mixtral-8x7b-instruct-v0.1"], scores["other-model"])
+
+
+def test_unknown_load_option_is_refused_the_same_way_for_every_command(
+    tmp_path: Path, tiny_router_dir: Path
+):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": ["hi"]}), source)
+    bad = ["--router", tiny_router_dir, "--load-option", "wings=2"]
+    for command in (
+        ["score", "--input", source, "--output", tmp_path / "o.parquet", *bad],
+        ["calibrate", "--input", source, *bad],
+    ):
+        result = invoke(*command)
+        assert result.exit_code == 2, result.output
+        assert "router kind 'mf' has no load option 'wings'" in result.output
+
+
+def test_routers_lists_kinds_and_shipped_names():
+    result = invoke("routers")
+    assert result.exit_code == 0
+    assert "quality_gap" in result.output and "default" in result.output

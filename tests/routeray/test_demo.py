@@ -25,7 +25,7 @@ def test_demo_serves_and_stops_on_ctrl_c(tmp_path: Path):
     routeray = Path(sys.executable).with_name("routeray")
     log = (tmp_path / "demo.log").open("w+")
     proc = subprocess.Popen(
-        [str(routeray), "serve", "--demo", "--port", str(port), "--num-cpus", "2"],
+        [str(routeray), "serve", "--demo", "--port", str(port), "--local-ray-cpus", "2"],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

@@ -53,7 +53,7 @@ def test_threshold_with_ties_is_as_near_as_ties_allow():
 
 @pytest.mark.parametrize("pct", [-0.01, 1.5, 50, float("nan")])
 def test_threshold_invalid_pct(pct):
-    with pytest.raises(ValueError, match="strong_pct"):
+    with pytest.raises(ValueError, match="strong share must be a fraction"):
         threshold_for_strong_share(np.array([0.1, 0.2]), pct)
 
 

@@ -18,6 +18,7 @@ from routers.checkpoint import (
 )
 from routers.kinds.mf import MFNet, MFRouter
 from routers.kinds.random_router import RandomRouter
+from routers.protocol import OptionError
 
 EMBEDDING_DIM = 384
 MODELS = ["model-x", "model-y", "model-z"]
@@ -146,7 +147,7 @@ def test_strong_weak_override_changes_scores(mf_dir):
 
 
 def test_unknown_override_model_lists_the_models(mf_dir):
-    with pytest.raises(ValueError) as info:  # CheckpointError is a ValueError too
+    with pytest.raises(OptionError) as info:
         load_router(mf_dir, strong_model="gpt-9000")
     message = str(info.value)
     assert "gpt-9000" in message

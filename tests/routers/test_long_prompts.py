@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from routers.checkpoint import default_router_dir, load_router
+from routers import default_router_dir, load_router
 
 DOCUMENT = " ".join(
     f"Section {i}. The committee reviewed the quarterly figures for region {i % 7} and noted "

@@ -1,5 +1,6 @@
 """Battle tables from tiny stand-ins for the three training sources (never ../shared/data)."""
 
+import logging
 import re
 from pathlib import Path
 
@@ -256,30 +257,30 @@ def test_mmlu_pro_max_pairs_per_question(tmp_path):
 # --- load_battles -----------------------------------------------------------------------------
 
 
-def test_load_battles_all_sources(data_dir):
-    lines: list[str] = []
-    battles = load_battles(data_dir, log=lines.append)
+def test_load_battles_all_sources(data_dir, caplog):
+    caplog.set_level(logging.INFO, logger="routers")
+    battles = load_battles(data_dir)
     assert list(battles.columns) == BATTLE_COLUMNS
     assert battles["source"].value_counts().to_dict() == {
         "alpaca_eval": 4,
         "arena_hard": 4,
         "mmlu_pro": 5,
     }
-    assert any("left out 1 MMLU-derived" in line for line in lines)
+    assert "left out 1 MMLU-derived" in caplog.text
     assert set(battles["winner"]) <= {"a", "b", "tie"}
 
 
 def test_load_battles_subset_of_sources(data_dir):
-    battles = load_battles(data_dir, sources=["arena_hard"], log=lambda s: None)
+    battles = load_battles(data_dir, sources=["arena_hard"])
     assert set(battles["source"]) == {"arena_hard"}
 
 
 def test_unknown_source_is_an_error(data_dir):
     with pytest.raises(ValueError, match="reddit"):
-        load_battles(data_dir, sources=["alpaca_eval", "reddit"], log=lambda s: None)
+        load_battles(data_dir, sources=["alpaca_eval", "reddit"])
 
 
-def test_decontamination_drops_folded_matches_and_logs_counts(data_dir, tmp_path):
+def test_decontamination_drops_folded_matches_and_logs_counts(data_dir, tmp_path, caplog):
     # Make one alpaca prompt (2 battles) and one arena prompt (3 battles) equal eval prompts up
     # to whitespace and case, and one alpaca prompt equal an MT Bench second turn.
     alpaca = pd.read_parquet(data_dir / ALPACA_FILE)
@@ -296,8 +297,9 @@ def test_decontamination_drops_folded_matches_and_logs_counts(data_dir, tmp_path
     eval_dir = tmp_path / "eval"
     write_eval(eval_dir, mt_bench_prompt="what is the capital of france?")
 
-    lines: list[str] = []
-    battles = load_battles(data_dir, eval_dir, log=lines.append)
+    caplog.set_level(logging.INFO, logger="routers")
+    battles = load_battles(data_dir, eval_dir)
+    lines = caplog.messages
     kept = set(battles["prompt"])
     assert "What is  the CAPITAL\nof France?" not in kept
     assert "now rewrite it as a poem." not in kept
@@ -313,7 +315,7 @@ def test_decontamination_drops_folded_matches_and_logs_counts(data_dir, tmp_path
     assert "decontamination: mmlu_pro: dropped 0 battles (0 prompts)" in lines
 
 
-def test_decontaminate_keeps_near_misses(tmp_path):
+def test_decontaminate_keeps_near_misses(tmp_path, caplog):
     eval_dir = tmp_path / "eval"
     write_eval(eval_dir)
     battles = pd.DataFrame(
@@ -326,17 +328,15 @@ def test_decontaminate_keeps_near_misses(tmp_path):
             "weight": [1.0] * 3,
         }
     )
-    lines: list[str] = []
-    kept = decontaminate(battles, eval_dir, log=lines.append)
+    caplog.set_level(logging.INFO, logger="routers")
+    kept = decontaminate(battles, eval_dir)
     # Only whitespace and case are folded: punctuation differences are different prompts.
     assert kept["prompt"].tolist() == ["An MMLU question", "An MMLU question?!"]
-    assert lines == ["decontamination: s: dropped 1 battles (1 prompts)"]
+    assert caplog.messages == ["decontamination: s: dropped 1 battles (1 prompts)"]
 
 
 def test_source_weights(data_dir):
-    battles = load_battles(
-        data_dir, source_weights={"mmlu_pro": 0.25, "arena_hard": 2}, log=lambda s: None
-    )
+    battles = load_battles(data_dir, source_weights={"mmlu_pro": 0.25, "arena_hard": 2})
     weights = battles.groupby("source")["weight"].unique().map(list).to_dict()
     assert weights == {"alpaca_eval": [1.0], "arena_hard": [2.0], "mmlu_pro": [0.25]}
 
@@ -345,7 +345,7 @@ def test_source_weights(data_dir):
 def test_missing_source_file(data_dir, missing):
     (data_dir / missing).unlink()
     with pytest.raises(FileNotFoundError, match=re.escape(missing)):
-        load_battles(data_dir, log=lambda s: None)
+        load_battles(data_dir)
 
 
 def test_missing_eval_file(data_dir, tmp_path):
@@ -353,10 +353,10 @@ def test_missing_eval_file(data_dir, tmp_path):
     write_eval(eval_dir)
     (eval_dir / "gsm8k.parquet").unlink()
     with pytest.raises(FileNotFoundError, match=re.escape("gsm8k.parquet")):
-        load_battles(data_dir, eval_dir, log=lambda s: None)
+        load_battles(data_dir, eval_dir)
 
 
 def test_missing_source_not_asked_for_is_fine(data_dir):
     (data_dir / MMLU_PRO_FILE).unlink()
-    battles = load_battles(data_dir, sources=["alpaca_eval", "arena_hard"], log=lambda s: None)
+    battles = load_battles(data_dir, sources=["alpaca_eval", "arena_hard"])
     assert len(battles) == 8

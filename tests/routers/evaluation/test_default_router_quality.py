@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from routeray.cli import app
-from routers.checkpoint import default_router_dir, load_router
+from routers import default_router_dir, load_router
 from routers.evaluation.benchmarks import load_benchmark
 from routers.evaluation.metrics import evaluate_scores
 
@@ -62,11 +62,11 @@ def test_cross_fit_reaches_the_papers_augmented_best(
             "eval",
             "--benchmark",
             benchmark,
-            "--routers",
+            "--router",
             "random",
             "--cross-fit",
             "5",
-            "--data-dir",
+            "--eval-dir",
             str(shared_data_dir / "eval"),
             "--train-dir",
             str(shared_data_dir / "train"),

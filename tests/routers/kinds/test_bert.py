@@ -3,6 +3,7 @@ training, scoring, head+tail truncation and the checkpoint round trip. Nothing i
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 import torch
 
 from routers.checkpoint import load_router, read_config, save_router
-from routers.data.ratings import classifier_labels
-from routers.kinds.bert import LABELS, TIE, WEAK, BertRouter, aggregate_labels
+from routers.data.ratings import CLASS_LABELS, aggregate_labels, classifier_labels
+from routers.kinds.bert import TIE, WEAK, BertLoadOptions, BertRouter
+from routers.protocol import OptionError
 from routers.text.embedders import default_model_path
 
 TOKENIZER_FILES = (
@@ -92,7 +94,6 @@ TRAIN_KW = dict(
     device="cpu",
     strong_model="strong",
     weak_model="weak",
-    show_progress=False,
 )
 
 
@@ -118,17 +119,11 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_bert: Path) -> tuple[BertRouter, list[str]]:
-    lines: list[str] = []
+def trained(tiny_bert: Path) -> BertRouter:
     # The CLI passes the base model as embedder={"model_path": ...}.
-    router = BertRouter.train(
-        synthetic_battles(),
-        seed=0,
-        embedder={"model_path": str(tiny_bert)},
-        log=lines.append,
-        **TRAIN_KW,
+    return BertRouter.train(
+        synthetic_battles(), seed=0, embedder={"model_path": str(tiny_bert)}, **TRAIN_KW
     )
-    return router, lines
 
 
 def test_aggregate_labels_is_the_weighted_label_distribution():
@@ -148,44 +143,51 @@ def test_aggregate_labels_is_the_weighted_label_distribution():
 
 def test_pair_battles_are_labelled_even_when_tiering_drops_them():
     battles = synthetic_battles()
-    silent = lambda s: None  # noqa: E731
     # One tier: every model is tier 1, so the paper's rule labels nothing...
     with pytest.raises(ValueError, match="no strong/weak labelled battles"):
-        classifier_labels(battles, "strong", "weak", n_tiers=1, pair_battles=False, log=silent)
+        classifier_labels(battles, "strong", "weak", n_tiers=1, pair_battles=False)
     # ...but the configured pair's own battles are still evidence, oriented by name.
-    direct = classifier_labels(battles, "strong", "weak", n_tiers=1, log=silent)
+    direct = classifier_labels(battles, "strong", "weak", n_tiers=1)
     assert len(direct) == 2 * (len(TRAIN_MATH) + len(TRAIN_CHAT))
     counts = direct.groupby("prompt")["label"].agg(lambda s: "".join(sorted(s)))
     assert (counts[TRAIN_MATH] == "strongstrong").all()
     assert (counts[TRAIN_CHAT] == "weakweak").all()
     # With real tiers the pair battles are counted once, not once per route in.
-    tiered = classifier_labels(battles, "strong", "weak", log=silent)
+    tiered = classifier_labels(battles, "strong", "weak")
     strong_battles = (battles["model_a"] == "strong") | (battles["model_b"] == "strong")
     assert len(tiered) == int(strong_battles.sum())
 
 
 def test_training_beats_the_majority_class(trained):
-    router, lines = trained
+    router = trained
     hp = router.hyperparameters
     assert len(hp["history"]) == TRAIN_KW["epochs"]
     best = hp["history"][hp["best_epoch"] - 1]
     # Majority (strong) is 5/8 of battles; telling math from chat is worth 6/8.
     assert best["val_accuracy"] > hp["validation_majority_accuracy"] + 0.05
-    assert any("validation loss" in line for line in lines)
-    assert any("prompts/s" in line for line in lines)
     assert hp["labelled_battles"] == 4 * (len(TRAIN_MATH) + len(TRAIN_CHAT))
     assert hp["prompts"] == len(TRAIN_MATH) + len(TRAIN_CHAT)
 
 
+def test_training_reports_every_epoch_to_the_log(tiny_bert, caplog):
+    caplog.set_level(logging.INFO, logger="routers")
+    kw = {**TRAIN_KW, "epochs": 1}
+    BertRouter.train(synthetic_battles(), seed=0, base_model=str(tiny_bert), **kw)
+    epoch = [m for m in caplog.messages if m.startswith("bert epoch 1:")]
+    assert len(epoch) == 1
+    assert "prompts/s" in epoch[0] and "validation loss" in epoch[0]
+    assert any("labelled battles over" in m for m in caplog.messages)
+
+
 def test_held_out_math_scores_above_chit_chat(trained):
-    router, _ = trained
+    router = trained
     math, chat = router.score(HELD_MATH), router.score(HELD_CHAT)
     assert math.mean() > chat.mean() + 0.2
     assert np.median(math) > chat.max() or math.min() > np.median(chat)
 
 
 def test_scores_are_one_minus_tie_and_weak(trained):
-    router, _ = trained
+    router = trained
     prompts = HELD_MATH + HELD_CHAT + [""]
     p = router.probabilities(prompts)
     scores = router.score(prompts)
@@ -197,7 +199,7 @@ def test_scores_are_one_minus_tie_and_weak(trained):
 
 
 def test_score_does_not_depend_on_batch_company(trained):
-    router, _ = trained
+    router = trained
     prompts = HELD_MATH + HELD_CHAT
     together = router.score(prompts)
     alone = np.concatenate([router.score([p]) for p in prompts])
@@ -205,12 +207,12 @@ def test_score_does_not_depend_on_batch_company(trained):
 
 
 def test_roundtrip_gives_identical_scores(trained, tiny_bert, tmp_path):
-    router, _ = trained
+    router = trained
     directory = save_router(router, tmp_path / "bert", {"default_threshold": 0.5})
     document = read_config(directory)
     config = document["config"]
     assert document["router"] == "bert"
-    assert config["labels"] == list(LABELS)
+    assert config["labels"] == list(CLASS_LABELS)
     assert config["base_model"] == str(tiny_bert.resolve())
     assert config["encoder_config"]["hidden_size"] == 32
     assert (config["strong_model"], config["weak_model"]) == ("strong", "weak")
@@ -220,7 +222,7 @@ def test_roundtrip_gives_identical_scores(trained, tiny_bert, tmp_path):
     assert isinstance(loaded, BertRouter)
     prompts = HELD_MATH + HELD_CHAT
     np.testing.assert_array_equal(loaded.score(prompts), router.score(prompts))
-    with pytest.raises(ValueError, match="trained for one pair"):
+    with pytest.raises(OptionError, match="trained for one pair"):
         load_router(directory, strong_model="gpt-9000")
 
 
@@ -231,7 +233,7 @@ def _long_prompt(question: str, middle: str = "meanwhile") -> str:
 
 
 def test_truncation_keeps_head_and_tail(trained):
-    router, _ = trained
+    router = trained
     question = "Finally, what is 17 times 23?"
     ids = router.token_ids([_long_prompt(question)])[0]
     assert len(ids) == router.max_tokens
@@ -242,7 +244,7 @@ def test_truncation_keeps_head_and_tail(trained):
 
 
 def test_the_end_of_a_long_prompt_is_read(trained):
-    router, _ = trained
+    router = trained
     math = _long_prompt("Finally, what is 17 times 23?")
     chat = _long_prompt("Finally, tell me a joke about cats!")
     assert len(math.split()) > 2000
@@ -259,6 +261,7 @@ def test_default_minilm_loads_and_scores_fast():
     assert router.max_tokens == 256
     scores = router.score(["What is 2 + 2?", "Hello there!"])
     assert scores.shape == (2,) and ((scores >= 0) & (scores <= 1)).all()
-    rebuilt = BertRouter.from_checkpoint(router.config(), router.tensors(), device="cpu")
+    options = BertLoadOptions(device="cpu")
+    rebuilt = BertRouter.from_checkpoint(router.config(), router.tensors(), options)
     # One prompt alone pads differently from a batch of two: equal up to float rounding.
     np.testing.assert_allclose(rebuilt.score(["What is 2 + 2?"]), scores[:1], atol=1e-6)

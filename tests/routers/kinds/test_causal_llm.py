@@ -13,16 +13,18 @@ import pytest
 import torch
 
 from routeray.demo.tiny_model import build_tiny_model
-from routers.checkpoint import CheckpointError, load_router, save_router
+from routers.checkpoint import load_router, save_router
 from routers.data.ratings import classifier_labels
 from routers.kinds.causal_llm import (
     LABEL_TARGETS,
     SCORES,
     CausalLLMRouter,
+    CausalLoadOptions,
     PromptLayout,
     load_tokenizer,
     prompt_targets,
 )
+from routers.protocol import OptionError
 
 # A short instruction keeps the tiny model's prompts ~30 tokens, so training takes seconds;
 # the default instruction is exercised by the layout test.
@@ -84,8 +86,6 @@ COMMON = dict(
     holdout=0.2,
     strong_model="strong",
     weak_model="weak",
-    show_progress=False,
-    log=lambda s: None,
     **SHORT,
 )
 
@@ -122,7 +122,7 @@ def lora_router(tiny) -> CausalLLMRouter:
 
 def test_missing_base_model_is_a_clear_error():
     with pytest.raises(ValueError, match="base_model"):
-        CausalLLMRouter.train(synthetic_battles(), log=lambda s: None)
+        CausalLLMRouter.train(synthetic_battles())
 
 
 def test_prompt_layout_finds_the_score_tokens(tiny):
@@ -147,14 +147,14 @@ def test_labels_pair_battles_and_soft_targets():
         [(p, "top", m, "a", "synthetic", 1.0) for p in TRAIN_MATH for m in ("strong", "mid")],
         columns=battles.columns,
     )
-    labels = classifier_labels(pd.concat([battles, extra]), "strong", "weak", log=print)
+    labels = classifier_labels(pd.concat([battles, extra]), "strong", "weak")
     is_pair = battles["model_a"].isin(["strong", "weak"]) & battles["model_b"].isin(
         ["strong", "weak"]
     )
     # Every strong-weak battle, plus top's (tier 1) over lower tiers; strong-mid no longer.
     assert len(labels) == is_pair.sum() + len(extra)
     assert (labels["label"] == "strong").sum() == 2 * len(TRAIN_MATH) + len(extra)
-    labels = classifier_labels(battles, "strong", "weak", log=print)
+    labels = classifier_labels(battles, "strong", "weak")
     targets = prompt_targets(labels).set_index("prompt")
     # Math: strong beats weak twice and mid once -> all mass on [[1]], weight 3.
     np.testing.assert_allclose(targets.loc[TRAIN_MATH[0], "target"], LABEL_TARGETS["strong"])
@@ -227,7 +227,7 @@ def test_lora_checkpoint_is_adapter_only_and_roundtrips(lora_router, tiny, tmp_p
     np.testing.assert_allclose(relocated.score(prompts), lora_router.score(prompts), atol=1e-6)
     # The adapter is what makes the difference: the bare base scores otherwise.
     bare = CausalLLMRouter.from_checkpoint(
-        config, {k: torch.zeros_like(v) for k, v in tensors.items()}
+        config, {k: torch.zeros_like(v) for k, v in tensors.items()}, CausalLoadOptions()
     )
     assert not np.allclose(bare.score(prompts), lora_router.score(prompts), atol=1e-3)
 
@@ -242,7 +242,7 @@ def test_full_checkpoint_roundtrips(full_router, tmp_path):
     np.testing.assert_array_equal(loaded.score(prompts), full_router.score(prompts))
     with pytest.raises(ValueError, match="trained for strong_model"):
         load_router(directory, strong_model="someone-else")
-    with pytest.raises(CheckpointError, match="unknown causal_llm overrides"):
+    with pytest.raises(OptionError, match="has no load option 'temperature'"):
         load_router(directory, temperature=0.5)
 
 

@@ -43,8 +43,6 @@ TRAIN_KW = dict(
     patience=5,
     strong_model="strong",
     weak_model="weak",
-    show_progress=False,
-    log=lambda s: None,
 )
 
 

@@ -13,7 +13,7 @@ from routers.data.prompt_labels import LABEL_COLUMNS, golden_labels, labels_from
 from routers.data.tables import golden_table
 from routers.evaluation.cross_fit import cross_fit_scores
 from routers.kinds.quality_gap import QualityGapRouter, Variant, default_grid, question_stem
-from routers.protocol import BaseRouter
+from routers.protocol import BaseRouter, LoadOptions, OptionError
 from routers.training.splits import prompt_folds
 
 HARD = [
@@ -70,7 +70,7 @@ def test_labels_from_quality_matrix():
 
 def test_router_learns_the_gap_and_round_trips(tmp_path):
     labels = generated_labels()
-    router = QualityGapRouter.train(labels, grid=SMALL_GRID, log=lambda _: None)
+    router = QualityGapRouter.train(labels, grid=SMALL_GRID)
     hard = [t.format(n=999) for t in HARD]
     easy = [t.format(n=999) for t in EASY]
     scores = router.score(hard + easy)
@@ -86,16 +86,16 @@ def test_router_learns_the_gap_and_round_trips(tmp_path):
 
 
 def test_pair_overrides_are_refused(tmp_path):
-    router = QualityGapRouter.train(generated_labels(10), grid=SMALL_GRID[:1], log=lambda _: None)
+    router = QualityGapRouter.train(generated_labels(10), grid=SMALL_GRID[:1])
     save_router(router, tmp_path / "qg")
-    with pytest.raises(Exception, match="trained for one pair"):
+    with pytest.raises(OptionError, match="trained for one pair"):
         load_router(tmp_path / "qg", strong_model="claude-3-opus")
 
 
 def test_golden_rows_are_judged_by_k_folds():
     labels = generated_labels(10, sources=("quiz", "golden:bench"))
     router = QualityGapRouter.train(
-        labels, grid=[Variant("ridge", "pair", other_weight=0.0)], folds=3, log=lambda _: None
+        labels, grid=[Variant("ridge", "pair", other_weight=0.0)], folds=3
     )
     assert set(router.hyperparameters["held_out_apgr_by_source"]) == {"golden:bench"}
     assert any(v.other_weight == 0.0 for v in default_grid(golden=True))
@@ -131,7 +131,7 @@ class Memorising(BaseRouter):
         return {}
 
     @classmethod
-    def from_checkpoint(cls, config, tensors, **overrides):
+    def from_checkpoint(cls, config, tensors, options: LoadOptions):
         raise NotImplementedError
 
 
@@ -147,7 +147,7 @@ def test_cross_fit_never_scores_a_prompt_with_a_router_that_saw_it():
         {"prompt": ["train only"], "model_a": ["x"], "model_b": ["y"], "winner": ["a"]}
     ).assign(source="t", weight=1.0)
     Memorising.seen_tables.clear()
-    scores = cross_fit_scores(Memorising, benchmark, "bench", training, folds=4, log=lambda _: None)
+    scores = cross_fit_scores(Memorising, benchmark, "bench", training, folds=4)
     assert (scores == 0).all()
     assert len(Memorising.seen_tables) == 4
     for table in Memorising.seen_tables:

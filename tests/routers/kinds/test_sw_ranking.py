@@ -15,6 +15,7 @@ from routers.kinds.sw_ranking import (
     build_pair_stats,
     fit_ratings,
 )
+from routers.protocol import OptionError
 from tests.support.sw_reference import score_one_by_one
 from tests.support.synthetic_prompts import CHAT, arithmetic_prompts
 
@@ -43,7 +44,7 @@ def synthetic_battles() -> pd.DataFrame:
     return df
 
 
-QUIET = dict(strong_model="strong", weak_model="weak", log=lambda s: None, show_progress=False)
+QUIET = dict(strong_model="strong", weak_model="weak")
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,8 @@ def test_scores_follow_the_topic(router, held_out):
 
 
 def load_router_like(router: SWRankingRouter, **overrides) -> SWRankingRouter:
-    return SWRankingRouter.from_checkpoint(router.config(), router.tensors(), **overrides)
+    options = SWRankingRouter.parse_load_options(overrides)
+    return SWRankingRouter.from_checkpoint(router.config(), router.tensors(), options)
 
 
 @pytest.mark.parametrize("base", [10.0, 1e4])
@@ -178,11 +180,11 @@ def test_pair_override_and_unknown_models(router, held_out, tmp_path):
     np.testing.assert_allclose(
         swapped.score_embeddings(emb), 1.0 - router.score_embeddings(emb), atol=1e-12
     )
-    with pytest.raises(ValueError, match="not in this router's training data"):
+    with pytest.raises(OptionError, match="not in this router's training data"):
         load_router(directory, strong_model="gpt-5-never-seen")
     with pytest.raises(ValueError, match="not in this router's training data"):
         SWRankingRouter.train(synthetic_battles(), **{**QUIET, "weak_model": "mixtral"})
-    with pytest.raises(ValueError, match="cannot override"):
+    with pytest.raises(OptionError, match="has no load option 'dims'"):
         load_router(directory, dims=8)
-    with pytest.raises(ValueError, match="l2"):
+    with pytest.raises(OptionError, match="l2 must be > 0"):
         load_router(directory, l2=0.0)

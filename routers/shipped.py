@@ -1,0 +1,25 @@
+"""Routers that ship inside the package, by name. Wherever a router is named (the CLI's
+`--router`, a serve config's `path`, a batch job), a shipped name or a router directory works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).parent
+SHIPPED: dict[str, Path] = {"default": _PACKAGE / "default_router"}
+
+
+def default_router_dir() -> Path:
+    """The shipped default router, committed inside the package."""
+    return SHIPPED["default"]
+
+
+def router_path(name_or_dir: str | Path | None) -> Path:
+    """The directory of a shipped router (`default` when None) or the directory given. A
+    shipped name wins over a directory of that name in the working directory: write
+    `./default` for that one."""
+    if name_or_dir is None:
+        return SHIPPED["default"]
+    if isinstance(name_or_dir, str) and name_or_dir in SHIPPED:
+        return SHIPPED[name_or_dir]
+    return Path(name_or_dir)

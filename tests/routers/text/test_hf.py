@@ -1,0 +1,37 @@
+"""One place for the Hugging Face settings: offline, device and dtype, local base models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from routers.text.hf import offline, require_local_dir, resolve_device, resolve_dtype
+
+
+def test_offline_never_overrides_an_explicit_setting(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    offline()
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["TRANSFORMERS_OFFLINE"] == "0"
+
+
+def test_devices_and_dtypes():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype(None, cpu) == torch.float32
+    assert resolve_dtype("auto", cuda) == torch.bfloat16
+    assert resolve_dtype("torch.float16", cpu) == torch.float16
+    assert resolve_dtype(torch.bfloat16, cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8", cpu)
+
+
+def test_a_base_model_must_be_a_local_directory(tmp_path):
+    assert require_local_dir(tmp_path, "causal_llm") == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="causal_llm loads only local models"):
+        require_local_dir("meta-llama/Meta-Llama-3-8B-Instruct", "causal_llm")
