@@ -74,7 +74,9 @@ class ScoreRouters:
             from transformers import AutoTokenizer
 
             from routers.text.embedders import default_model_path
+            from routers.text.hf import offline
 
+            offline()
             self._tokenizer = AutoTokenizer.from_pretrained(
                 self.tokenizer_path or default_model_path()
             )

@@ -11,9 +11,10 @@ import torch
 from routers import save_router
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.kinds.mf import MFNet, MFRouter
+from routers.text.hf import offline
 
 # Tests never reach a model hub: the embedder ships inside a pip package.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+offline()
 
 
 @pytest.fixture(autouse=True)

@@ -21,13 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from routers.data.model_names import (
-    STRONG_MODEL,
-    WEAK_MODEL,
-    PairLoadOptions,
-    model_index,
-    routed_pair,
-)
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, model_index
+from routers.kinds.pair import PairLoadOptions, routed_pair
 from routers.protocol import BaseRouter, LoadOptions
 from routers.text.embedders import LazyEmbedder, get_embedder
 from routers.training.encoding import EncodedBattles, encode_battles

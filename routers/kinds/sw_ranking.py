@@ -28,14 +28,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationInfo, field_validator
 
-from routers.data.model_names import (
-    STRONG_MODEL,
-    WEAK_MODEL,
-    PairLoadOptions,
-    model_index,
-    routed_pair,
-)
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, model_index
 from routers.data.ratings import WINNER_TARGET
+from routers.kinds.pair import PairLoadOptions, routed_pair
 from routers.protocol import BaseRouter, LoadOptions
 from routers.text.embedders import LazyEmbedder, get_embedder
 
