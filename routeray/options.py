@@ -80,7 +80,8 @@ LocalRayCpusOption = Annotated[
     typer.Option(help="CPUs for a Ray started here (ignored when joining a cluster)."),
 ]
 EmbeddingCacheOption = Annotated[
-    Path, typer.Option(help="Directory caching prompt embeddings between runs.")
+    Path,
+    typer.Option("--embedding-cache", help="Directory caching prompt embeddings between runs."),
 ]
 NoEmbeddingCacheOption = Annotated[
     bool, typer.Option("--no-embedding-cache", help="Embed every prompt afresh.")
@@ -128,16 +129,17 @@ def init_ray(local_cpus: int | None) -> None:
 OUR_PACKAGES = ("routers", "backends", "batch_jobs", "serve_app", "routeray")
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of the record (a test runner swaps it)."""
+class _Stderr(logging.Handler):
+    """Writes each record to whatever sys.stderr is at the time (a test runner swaps it),
+    through tqdm so that a line logged under a progress bar does not break the bar."""
 
-    @property  # type: ignore[override]
-    def stream(self):
-        return sys.stderr
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
 
-    @stream.setter
-    def stream(self, _: object) -> None:
-        pass
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def setup_reporting(verbose: bool = False) -> None:
@@ -146,11 +148,11 @@ def setup_reporting(verbose: bool = False) -> None:
     libraries' logging stays as they configure it."""
     from routers.progress import enable_progress
 
-    handler = _CurrentStderr()
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in OUR_PACKAGES:
         logger = logging.getLogger(name)
-        logger.handlers = [h for h in logger.handlers if not isinstance(h, _CurrentStderr)]
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, _Stderr)]
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
         logger.propagate = False

@@ -51,7 +51,9 @@ def _backend(name: str, config) -> Application:
 
 def check_routers(config: ServeConfig) -> None:
     """Fail before deploying anything when a router cannot be served as configured: a missing
-    or broken directory, an option its kind does not take, no threshold to route at."""
+    or broken directory, an option its kind does not take (or a value of the wrong type), no
+    threshold to route at. Reads only config.json: an option that depends on the weights (a
+    model name the router was not trained on) stops the router replica when it loads."""
     for spec in config.routers:
         path = router_path(spec.path)
         kind = router_class(str(read_config(path).get("router")))

@@ -77,3 +77,21 @@ def test_route_job_rejects_a_bad_threshold(local_ray, tmp_path: Path, tiny_route
     pq.write_table(pa.table({"prompt": ["hello"]}), source)
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
         run(str(source), str(tmp_path / "out"), router=str(tiny_router_dir), threshold=1.5)
+
+
+def test_load_options_reach_every_actor_and_the_job_record(
+    local_ray, tmp_path: Path, tiny_router_dir: Path
+):
+    prompts = generate_prompts(40, seed=5)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(40)), "prompt": prompts}), source, row_group_size=10)
+    out = tmp_path / "out"
+    options = {"weak_model": "other-model"}
+    run(str(source), str(out), router=str(tiny_router_dir), load_options=options, threshold=0.5)
+    table = pq.read_table(out).to_pandas().sort_values("id")
+    expected = load_router(tiny_router_dir, **options).score(prompts)
+    np.testing.assert_allclose(table["strong_win_rate"].to_numpy(), expected, rtol=1e-6)
+    assert not np.allclose(expected, load_router(tiny_router_dir).score(prompts))
+    # Results of one pair are never resumed as another's.
+    with pytest.raises(JobConflict, match="load_options"):
+        run(str(source), str(out), router=str(tiny_router_dir), threshold=0.5)

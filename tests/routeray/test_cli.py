@@ -371,7 +371,7 @@ def test_ratings_rank_the_model_that_wins_first(tmp_path: Path):
 def test_cli_cache_setting_does_not_outlive_the_command(tmp_path: Path):
     import os
 
-    invoke(
+    result = invoke(
         "eval",
         "--benchmark",
         "nope",
@@ -382,6 +382,8 @@ def test_cli_cache_setting_does_not_outlive_the_command(tmp_path: Path):
         "--embedding-cache",
         tmp_path / "cache",
     )
+    # The options parsed, the cache was set for the command, and the command failed inside it.
+    assert result.exit_code == 2 and "unknown benchmark 'nope'" in result.output
     assert "ROUTERAY_EMBEDDING_CACHE" not in os.environ
 
 

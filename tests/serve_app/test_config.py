@@ -51,3 +51,54 @@ def test_secrets_from_env_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_relative_paths_are_pinned(tmp_path: Path):
     config = ServeConfig.from_yaml(ROOT / "serve_config.yaml").with_absolute_paths(tmp_path)
     assert config.weak.model_path == str(tmp_path / "out/tiny-model")
+
+
+def _config(tmp_path: Path, router: str) -> ServeConfig:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"routers: [{router}]\n"
+        "strong: {kind: openai, model: s, base_url: 'http://x/v1'}\n"
+        "weak: {kind: openai, model: w, base_url: 'http://y/v1'}\n"
+    )
+    return ServeConfig.from_yaml(path).with_absolute_paths(tmp_path)
+
+
+def test_routers_by_shipped_name_directory_and_load_options(tmp_path: Path, tiny_router_dir):
+    from routers import SHIPPED
+    from serve_app.app import check_routers
+
+    shipped = _config(tmp_path, "{name: gap, path: default}")
+    assert shipped.routers[0].path == str(SHIPPED["default"])
+    assert _config(tmp_path, "{name: gap}").routers[0].path == str(SHIPPED["default"])
+    check_routers(shipped)
+    mf = _config(
+        tmp_path, f"{{name: mf, path: {tiny_router_dir}, options: {{weak_model: other-model}}}}"
+    )
+    check_routers(mf)
+
+
+@pytest.mark.parametrize(
+    ("router", "error"),
+    [
+        ("{name: mf, path: TINY, options: {wings: 2}}", "has no load option 'wings'"),
+        ("{name: mf, path: TINY, options: {weak_model: ''}}", "cannot use load option"),
+        ("{name: x, path: missing-dir}", "does not exist"),
+        ("{name: mf, path: UNRECORDED}", "records no default threshold"),
+    ],
+)
+def test_a_router_that_cannot_be_served_stops_the_build(
+    tmp_path: Path, tiny_router_dir: Path, router: str, error: str
+):
+    import json
+    import shutil
+
+    from serve_app.app import check_routers
+
+    unrecorded = tmp_path / "unrecorded"
+    shutil.copytree(tiny_router_dir, unrecorded)
+    document = json.loads((unrecorded / "config.json").read_text())
+    document["metadata"] = {}
+    (unrecorded / "config.json").write_text(json.dumps(document))
+    router = router.replace("TINY", str(tiny_router_dir)).replace("UNRECORDED", str(unrecorded))
+    with pytest.raises(ValueError, match=error):
+        check_routers(_config(tmp_path, router))
