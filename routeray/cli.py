@@ -20,13 +20,17 @@ from routeray.options import (
     SHARED_DATA,
     EmbeddingCacheOption,
     EvalDirOption,
+    ExtraDataOption,
+    ExtraWeightOption,
     KindOption,
     LoadOptionOption,
     NoEmbeddingCacheOption,
+    NoSharedDataOption,
     ParamOption,
     PromptColumnOption,
     RouterOption,
     RoutersOption,
+    S3EndpointOption,
     SeedOption,
     TrainDirOption,
     embedding_cache,
@@ -85,6 +89,28 @@ def _load(router: str, load_option: list[str] | None):
         fail(exc)
 
 
+def _read_labelled(uri: str, s3_endpoint: str | None) -> tuple[str, Any]:
+    """A user's labelled Parquet (file or directory, local or S3) in the user-label schema,
+    named after the file or directory; failures exit 2."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batch_jobs.storage import list_parquet, locate
+    from routers.data.user_labels import read_user_labels
+
+    try:
+        location = locate(uri, s3_endpoint)
+        files = list_parquet(location)
+        if not files:
+            fail(f"no Parquet files under {uri}")
+        tables = [pq.read_table(f.path, filesystem=f.fs) for f in files]
+        name = Path(location.path.rstrip("/")).stem
+        frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        return name, read_user_labels(frame, name)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        fail(exc)
+
+
 @app.command()
 def train(
     kind: KindOption = "mf",
@@ -99,12 +125,17 @@ def train(
         float, typer.Option(help="Strong share the recorded default threshold aims at.")
     ] = 0.5,
     param: ParamOption = None,
+    extra_data: ExtraDataOption = None,
+    extra_weight: ExtraWeightOption = 1.0,
+    no_shared_data: NoSharedDataOption = False,
+    s3_endpoint: S3EndpointOption = None,
     embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
     no_embedding_cache: NoEmbeddingCacheOption = False,
 ) -> None:
-    """Train a router of KIND on the training sources and save it as a directory."""
+    """Train a router of KIND on the shared training sources and/or your own labelled data, and
+    save it as a directory."""
     from routers import OptionError, router_class, save_router
-    from routers.data.tables import load_training_table
+    from routers.data.tables import training_table
     from routers.evaluation.calibration import threshold_for_strong_share
 
     options = key_values(param, "--param")
@@ -115,12 +146,26 @@ def train(
         cls.check_train_options(options)
     except (OptionError, ValueError) as exc:
         fail(exc)
+    if no_shared_data and not extra_data:
+        fail("--no-shared-data leaves nothing to train on: give --extra-data")
+    benchmarks: Path | None = eval_dir
     if not eval_dir.is_dir():
-        fail(f"eval dir {eval_dir} not found: training is always decontaminated against it")
+        if not no_shared_data:
+            fail(f"eval dir {eval_dir} not found: training is always decontaminated against it")
+        # Only the user's own labels: the project's benchmarks are not there to protect.
+        benchmarks = None
+    extra = [_read_labelled(uri, s3_endpoint) for uri in extra_data or []]
     with embedding_cache(embedding_cache_dir, no_embedding_cache):
         try:
-            table = load_training_table(cls, train_dir, eval_dir, seed=seed)
-        except FileNotFoundError as exc:
+            table = training_table(
+                cls,
+                None if no_shared_data else train_dir,
+                benchmarks,
+                seed=seed,
+                extra=extra,
+                extra_weight=extra_weight,
+            )
+        except (FileNotFoundError, ValueError) as exc:
             fail(exc)
         trained = cls.train(table, seed=seed, **options)
         prompts = table["prompt"].drop_duplicates()
@@ -136,7 +181,9 @@ def train(
             "n": len(prompts),
         },
         "training": {
-            "data_dir": str(train_dir),
+            "data_dir": None if no_shared_data else str(train_dir),
+            "extra_data": {name: len(labels) for name, labels in extra},
+            "extra_weight": extra_weight,
             "table": cls.trains_on,
             "rows": len(table),
             "seed": seed,
@@ -237,7 +284,16 @@ def score(
 
 @app.command("eval")
 def evaluate(
-    benchmark: Annotated[str, typer.Option(help="mt-bench, mmlu or gsm8k.")],
+    benchmark: Annotated[
+        str | None, typer.Option(help="mt-bench, mmlu or gsm8k (or give --data).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Your own labelled Parquet instead of a benchmark (file or directory, local or "
+            "s3://; schema: README, 'Your own labels')."
+        ),
+    ] = None,
     router: RoutersOption = None,
     eval_dir: EvalDirOption = SHARED_DATA / "eval",
     output: Annotated[Path, typer.Option(help="Directory for metrics.json and the plot.")] = Path(
@@ -246,37 +302,47 @@ def evaluate(
     cross_fit: Annotated[
         int,
         typer.Option(
-            help="Also train KIND K times on the training data plus K-1 folds of this "
-            "benchmark's own labels, each scoring its held-out fold (0: off)."
+            help="Also train KIND K times on the training data plus K-1 folds of these labels, "
+            "each scoring its held-out fold (0: off)."
         ),
     ] = 0,
     kind: Annotated[
         str | None, typer.Option(help="Router kind for --cross-fit (default: the shipped one's).")
     ] = None,
     train_dir: TrainDirOption = SHARED_DATA / "train",
+    no_shared_data: NoSharedDataOption = False,
     seed: SeedOption = 0,
     param: ParamOption = None,
     load_option: LoadOptionOption = None,
+    s3_endpoint: S3EndpointOption = None,
     embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
     no_embedding_cache: NoEmbeddingCacheOption = False,
 ) -> None:
-    """Cost-quality curves, APGR and CPT on a benchmark, as the paper computes them. Routers
-    are shipped names, directories, or `random` (the paper's baseline, averaged over 10 runs)."""
+    """Cost-quality curves, APGR and CPT on a benchmark or on your own labelled prompts, as the
+    paper computes them. Routers are shipped names, directories, or `random` (the paper's
+    baseline, averaged over 10 runs)."""
     from routers.evaluation.benchmarks import load_benchmark
     from routers.evaluation.metrics import evaluate_random, evaluate_scores, oracle_curve
     from routers.evaluation.plots import plot_curves
 
+    if (benchmark is None) == (data is None):
+        fail("give exactly one of --benchmark and --data")
     options = key_values(param, "--param")
     names = router or ["default"]
     with embedding_cache(embedding_cache_dir, no_embedding_cache):
-        try:
-            df = load_benchmark(benchmark, eval_dir)
-        except (ValueError, FileNotFoundError) as exc:
-            fail(exc)
-        typer.echo(
-            f"{benchmark}: {len(df)} prompts ({df.attrs['contaminated_dropped']} "
-            "contaminated prompts left out)"
-        )
+        if data is not None:
+            title, df = _read_labelled(data, s3_endpoint)
+            typer.echo(f"{title}: {len(df)} labelled prompts from {data}")
+        else:
+            title = benchmark
+            try:
+                df = load_benchmark(benchmark, eval_dir)
+            except (ValueError, FileNotFoundError) as exc:
+                fail(exc)
+            typer.echo(
+                f"{benchmark}: {len(df)} prompts ({df.attrs['contaminated_dropped']} "
+                "contaminated prompts left out)"
+            )
         weak, strong = df["weak_score"].to_numpy(), df["strong_score"].to_numpy()
         curves, metrics = {}, {}
         for name in names:
@@ -290,22 +356,20 @@ def evaluate(
                 curve, result = evaluate_scores(loaded.score(df["prompt"].tolist()), weak, strong)
             curves[name], metrics[name] = curve, result.to_dict()
         if cross_fit:
+            shared = None if no_shared_data else train_dir
+            benchmarks = eval_dir if eval_dir.is_dir() else None
+            if shared is not None and benchmarks is None:
+                fail(f"eval dir {eval_dir} not found: training is always decontaminated against it")
             name, scores = _cross_fit(
-                benchmark, df, cross_fit, kind, train_dir, eval_dir, seed, options
+                title, df, cross_fit, kind, shared, benchmarks, seed, options, data is not None
             )
             curve, result = evaluate_scores(scores, weak, strong)
             curves[name], metrics[name] = curve, result.to_dict()
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot = output / f"{benchmark}.png"
-    plot_curves(
-        curves,
-        weak.mean(),
-        strong.mean(),
-        oracle_curve(weak, strong),
-        f"{benchmark}: cost vs quality",
-        plot,
-    )
+    plot = output / f"{title}.png"
+    oracle = oracle_curve(weak, strong)
+    plot_curves(curves, weak.mean(), strong.mean(), oracle, f"{title}: cost vs quality", plot)
     _print_metrics(metrics, _weak_to_strong_cost(df["prompt"].tolist()))
     typer.echo(f"wrote {output / 'metrics.json'} and {plot}")
 
@@ -339,17 +403,21 @@ def _weak_to_strong_cost(prompts: list[str]) -> float:
 
 
 def _cross_fit(
-    benchmark: str,
+    name: str,
     df: Any,
     folds: int,
     kind: str | None,
-    train_dir: Path,
-    eval_dir: Path,
+    train_dir: Path | None,
+    eval_dir: Path | None,
     seed: int,
     options: dict[str, Any],
+    users: bool,
 ) -> tuple[str, Any]:
+    """Scores of `df` from K routers, each trained on the shared data (unless `train_dir` is
+    None) plus the other folds of `df`'s labels; a user's own set is also kept out of the
+    shared training rows, as the benchmarks are."""
     from routers import read_config, router_class
-    from routers.data.tables import load_training_table
+    from routers.data.tables import training_table
     from routers.evaluation.cross_fit import cross_fit_scores
     from routers.shipped import router_path
 
@@ -357,13 +425,18 @@ def _cross_fit(
     try:
         cls = router_class(kind)
         cls.check_train_options(options)
-        training = load_training_table(cls, train_dir, eval_dir, seed=seed)
-        scores = cross_fit_scores(cls, df, benchmark, training, folds=folds, seed=seed, **options)
+        exclude = df["prompt"].tolist() if users else []
+        if train_dir is None:
+            training = None
+        else:
+            training = training_table(cls, train_dir, eval_dir, seed=seed, exclude_prompts=exclude)
+        scores = cross_fit_scores(cls, df, name, training, folds=folds, seed=seed, **options)
     except (ValueError, FileNotFoundError) as exc:
         fail(exc)
+    shared = f"{train_dir} plus " if train_dir is not None else ""
     typer.echo(
-        f"cross-fit: {kind} trained {folds} times on {train_dir} plus {folds - 1}/{folds} of "
-        f"{benchmark}'s labels; every prompt scored by the router that did not see it"
+        f"cross-fit: {kind} trained {folds} times on {shared}{folds - 1}/{folds} of "
+        f"{name}'s labels; every prompt scored by the router that did not see it"
     )
     return f"{kind} cross-fit {folds}", scores
 

@@ -28,6 +28,7 @@ RoutersOption = Annotated[
     list[str] | None,
     typer.Option(
         "--router",
+        "--routers",
         help="Router: a shipped name (default) or a router directory; repeat for more.",
     ),
 ]
@@ -59,6 +60,21 @@ StrongPctOption = Annotated[
 ]
 SeedOption = Annotated[int, typer.Option(help="Seed: the same seed gives the same result.")]
 TrainDirOption = Annotated[Path, typer.Option(help="Training data (../shared/data/train).")]
+ExtraDataOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--extra-data",
+        help="Your own labelled Parquet (file or directory, local or s3://) to train on as well "
+        "(schema: README, 'Your own labels'); repeatable.",
+    ),
+]
+ExtraWeightOption = Annotated[
+    float, typer.Option(help="Weight of each --extra-data row against a shared training row.")
+]
+NoSharedDataOption = Annotated[
+    bool,
+    typer.Option("--no-shared-data", help="Leave out the shared training sources (--train-dir)."),
+]
 EvalDirOption = Annotated[
     Path,
     typer.Option(
@@ -157,3 +173,25 @@ def setup_reporting(verbose: bool = False) -> None:
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
         logger.propagate = False
     enable_progress(True)
+
+
+# `batch label`
+SampleRowsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--sample",
+        min=1,
+        help="Take a reproducible sample of this many rows, spread across the input's files "
+        "(with --seed; default: every row).",
+    ),
+]
+JudgeModeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="pairwise: the two answers compared, asked in both orders; single: each answer "
+        "graded 1-10 (default: the config's judge_mode, else pairwise).",
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option(help="Print the cost estimate and stop before any model is called.")
+]

@@ -114,8 +114,10 @@ def load_battles(
     source_weights: dict[str, float] | None = None,
     max_pairs_per_question: int | None = 45,
     seed: int = 0,
+    exclude_prompts: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """All chosen sources as one battle table, decontaminated against `eval_dir` if given."""
+    """All chosen sources as one battle table, decontaminated against `eval_dir` if given
+    and against `exclude_prompts` (a user's evaluation set)."""
     data_dir = Path(data_dir)
     rng = np.random.default_rng(seed)
     wanted = set(sources)
@@ -132,8 +134,10 @@ def load_battles(
     if unknown:
         raise ValueError(f"unknown training sources: {sorted(unknown)}")
     battles = pd.concat(parts, ignore_index=True)[BATTLE_COLUMNS]
-    if eval_dir is not None:
-        battles = decontaminate(battles, Path(eval_dir))
+    exclude_prompts = list(exclude_prompts)
+    if eval_dir is not None or exclude_prompts:
+        eval_path = Path(eval_dir) if eval_dir is not None else None
+        battles = decontaminate(battles, eval_path, also=exclude_prompts)
     for source, weight in (source_weights or {}).items():
         battles.loc[battles["source"] == source, "weight"] = float(weight)
     counts = battles["source"].value_counts()

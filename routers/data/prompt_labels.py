@@ -17,6 +17,7 @@ far less noisy than one pair's single outcome. A row is one prompt:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +161,23 @@ def golden_labels(
     )
 
 
-def load_prompt_labels(data_dir: str | Path, eval_dir: str | Path | None = None) -> pd.DataFrame:
-    """Every training source's prompts with their labels, decontaminated against `eval_dir`."""
+def load_prompt_labels(
+    data_dir: str | Path,
+    eval_dir: str | Path | None = None,
+    *,
+    exclude_prompts: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Every training source's prompts with their labels, decontaminated against `eval_dir`
+    and against `exclude_prompts` (a user's evaluation set)."""
     data_dir = Path(data_dir)
     frame = pd.concat(
         [mmlu_pro_labels(data_dir), arena_labels(data_dir), alpaca_labels(data_dir)],
         ignore_index=True,
     )
-    if eval_dir is not None:
-        frame = decontaminate(frame, Path(eval_dir), rows="labelled prompts")
+    exclude_prompts = list(exclude_prompts)
+    if eval_dir is not None or exclude_prompts:
+        eval_path = Path(eval_dir) if eval_dir is not None else None
+        frame = decontaminate(frame, eval_path, rows="labelled prompts", also=exclude_prompts)
     logger.info(
         "prompt labels: " + ", ".join(f"{s} {n}" for s, n in frame["source"].value_counts().items())
     )

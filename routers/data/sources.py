@@ -5,6 +5,7 @@ MMLU-Pro question derived from MMLU."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -45,10 +46,17 @@ def eval_prompts(eval_dir: Path) -> set[str]:
     return folded
 
 
-def decontaminate(battles: pd.DataFrame, eval_dir: Path, rows: str = "battles") -> pd.DataFrame:
+def decontaminate(
+    battles: pd.DataFrame,
+    eval_dir: Path | None,
+    rows: str = "battles",
+    also: Iterable[str] = (),
+) -> pd.DataFrame:
     """Drop rows (battles, or whatever `rows` names) whose prompt equals an eval prompt after
-    whitespace and case folding; any frame with `prompt` and `source` columns will do."""
-    banned = eval_prompts(eval_dir)
+    whitespace and case folding: the prompts under `eval_dir` and those in `also` (a user's
+    own evaluation set); any frame with `prompt` and `source` columns will do."""
+    banned = eval_prompts(eval_dir) if eval_dir is not None else set()
+    banned |= {fold_text(p) for p in also}
     folded = battles["prompt"].map(fold_text)
     hit = folded.isin(banned)
     for source, count in (

@@ -8,6 +8,7 @@ quality-gap router). Both can take a benchmark's golden labels, which is how `ro
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 from routers.data.battles import BATTLE_COLUMNS, load_battles
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.data.prompt_labels import golden_labels, load_prompt_labels
+from routers.data.sources import decontaminate
 from routers.evaluation.benchmarks import SCORE_SCALE
 from routers.protocol import BaseRouter
 
@@ -28,22 +30,64 @@ def load_training_table(
     eval_dir: str | Path | None,
     *,
     seed: int = 0,
+    exclude_prompts: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """The kind's training table (`cls.trains_on`), decontaminated against `eval_dir`."""
+    """The kind's training table (`cls.trains_on`) from the shared training sources,
+    decontaminated against `eval_dir` and `exclude_prompts`."""
     if cls.trains_on == "prompt_labels":
-        return load_prompt_labels(data_dir, eval_dir)
-    return load_battles(data_dir, eval_dir, seed=seed)
+        return load_prompt_labels(data_dir, eval_dir, exclude_prompts=exclude_prompts)
+    return load_battles(data_dir, eval_dir, seed=seed, exclude_prompts=exclude_prompts)
 
 
-def golden_table(cls: type[BaseRouter], benchmark: pd.DataFrame, name: str) -> pd.DataFrame:
-    """A benchmark's rows (prompt, weak_score, strong_score) as training rows of source
-    `golden:<name>`: battles of the routed pair, or per-prompt labels."""
+def training_table(
+    cls: type[BaseRouter],
+    data_dir: str | Path | None,
+    eval_dir: str | Path | None,
+    *,
+    seed: int = 0,
+    extra: Sequence[tuple[str, pd.DataFrame]] = (),
+    extra_weight: float = 1.0,
+    exclude_prompts: Iterable[str] = (),
+) -> pd.DataFrame:
+    """The shared training sources (None: none) plus a user's own labelled tables
+    (`routers.data.user_labels.read_user_labels`), each weighing `extra_weight`; everything
+    decontaminated against `eval_dir` and `exclude_prompts`."""
+    exclude_prompts = list(exclude_prompts)
+    parts = []
+    if data_dir is not None:
+        parts.append(
+            load_training_table(cls, data_dir, eval_dir, seed=seed, exclude_prompts=exclude_prompts)
+        )
+    if extra_weight < 0:
+        raise ValueError(f"the extra data's weight must be >= 0, got {extra_weight}")
+    eval_path = Path(eval_dir) if eval_dir is not None else None
+    for name, labels in extra:
+        rows = golden_table(cls, labels, name, extra_weight)
+        parts.append(decontaminate(rows, eval_path, rows="labelled rows", also=exclude_prompts))
+    if not parts:
+        raise ValueError("nothing to train on: give the shared training data or extra data")
+    return pd.concat(parts, ignore_index=True)
+
+
+def golden_table(
+    cls: type[BaseRouter], benchmark: pd.DataFrame, name: str, weight: float = 1.0
+) -> pd.DataFrame:
+    """In-domain rows (prompt, weak_score, strong_score; a benchmark's golden labels or a
+    user's own, `routers.data.user_labels`) as training rows of source `golden:<name>`:
+    battles of the routed pair, or per-prompt labels. Each row weighs `weight` times its own
+    `weight` column, if the rows have one."""
     scale = SCORE_SCALE.get(name, 1.0)
     weak = benchmark["weak_score"].to_numpy(float) / scale
     strong = benchmark["strong_score"].to_numpy(float) / scale
     source = GOLDEN_PREFIX + name
+    row_weight = weight * (
+        benchmark["weight"].to_numpy(float) if "weight" in benchmark else np.ones(len(benchmark))
+    )
     if cls.trains_on == "prompt_labels":
-        return golden_labels(benchmark["prompt"], weak, strong, source)
+        labels = golden_labels(benchmark["prompt"], weak, strong, source)
+        if weight != 1.0 or "weight" in benchmark:
+            labels["weight"] = row_weight
+        return labels
     return pd.DataFrame(
         {
             "prompt": benchmark["prompt"].to_numpy(),
@@ -51,6 +95,6 @@ def golden_table(cls: type[BaseRouter], benchmark: pd.DataFrame, name: str) -> p
             "model_b": WEAK_MODEL,
             "winner": np.select([strong > weak, strong < weak], ["a", "b"], "tie"),
             "source": source,
-            "weight": 1.0,
+            "weight": row_weight,
         }
     )[BATTLE_COLUMNS]

@@ -24,14 +24,18 @@ def cross_fit_scores(
     cls: type[BaseRouter],
     benchmark: pd.DataFrame,
     name: str,
-    training: pd.DataFrame,
+    training: pd.DataFrame | None,
     *,
     folds: int = 5,
     seed: int = 0,
+    labels_per_fold: int | None = None,
     **train_options: Any,
 ) -> np.ndarray:
-    """Each benchmark row's score from a router that never saw its prompt.
+    """Each benchmark row's score from a router that never saw its prompt; `training` (None:
+    none) is added to every fold's labels.
 
+    `labels_per_fold` (None: all) caps the in-domain labelled prompts each fold's router
+    trains on, drawn at random (seeded) from the other folds: how many labels a user needs.
     `train_options` go to every fold's `cls.train`; an option the kind does not take is an
     OptionError before any training starts."""
     cls.check_train_options(train_options)
@@ -40,10 +44,22 @@ def cross_fit_scores(
     scores = np.full(len(benchmark), np.nan)
     for f in range(folds):
         held = fold == f
+        labelled = ~held
+        if labels_per_fold is not None:
+            labelled &= _sample_prompts(benchmark["prompt"], labelled, labels_per_fold, seed + f)
         logger.info(
-            f"cross-fit fold {f + 1}/{folds}: training on {int((~held).sum())} benchmark rows"
+            f"cross-fit fold {f + 1}/{folds}: training on {int(labelled.sum())} benchmark rows"
         )
-        table = pd.concat([training, golden[~held]], ignore_index=True)
+        parts = [golden[labelled]] if training is None else [training, golden[labelled]]
+        table = pd.concat(parts, ignore_index=True)
         router = cls.train(table, seed=seed, **train_options)
         scores[held] = router.score(benchmark.loc[held, "prompt"].tolist())
     return scores
+
+
+def _sample_prompts(prompts: pd.Series, allowed: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Rows of `n` distinct prompts drawn from the `allowed` rows (all copies of a prompt)."""
+    pool = prompts[allowed].unique()
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(pool, size=min(n, len(pool)), replace=False)
+    return prompts.isin(set(chosen)).to_numpy()

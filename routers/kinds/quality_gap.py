@@ -281,8 +281,11 @@ def fit_member(variant: Variant, bank: Bank, feats: np.ndarray, weight: np.ndarr
     return member
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
-    """P = sigmoid(a x + b) fitted to soft labels y in [0, 1], with an intercept per group.
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray | None = None
+) -> tuple[float, float]:
+    """P = sigmoid(a x + b) fitted to soft labels y in [0, 1], with an intercept per group;
+    rows weigh `weight` (None: equally).
 
     Sources differ in how often the strong model wins at all; one shared intercept would let
     those base rates, not the prompt, decide the slope. The returned intercept is the groups'
@@ -290,19 +293,27 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[floa
     codes, names = pd.factorize(pd.Series(groups))
     params = torch.zeros(1 + len(names), dtype=torch.float64, requires_grad=True)
     xt, yt = (torch.as_tensor(a, dtype=torch.float64) for a in (x, y))
+    wt = None if weight is None else torch.tensor(np.asarray(weight), dtype=torch.float64)
     ct = torch.as_tensor(codes, dtype=torch.long)
     optimiser = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
         logits = params[0] * xt + params[1:][ct]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt)
+        if wt is None:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt)
+        else:
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, yt, reduction="none"
+            )
+            loss = (losses * wt).sum() / wt.sum()
         loss.backward()
         return loss
 
     optimiser.step(closure)
     a = float(params[0].detach())
-    b = float(params[1:].detach()[ct].mean())
+    intercepts = params[1:].detach()[ct]
+    b = float(intercepts.mean() if wt is None else (intercepts * wt).sum() / wt.sum())
     return a, b
 
 
@@ -513,8 +524,11 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
         weak_q = labels["weak_q"].to_numpy(float)
         strong_q = labels["strong_q"].to_numpy(float)
 
+        # Rows may carry their own weight (a user's `--extra-weight`); the shared sources' weigh 1.
+        row_weight = labels["weight"].fillna(1.0).to_numpy(float) if "weight" in labels else 1.0
+
         def weights(variant: Variant) -> np.ndarray:
-            return np.where(golden, 1.0, variant.other_weight)
+            return np.where(golden, 1.0, variant.other_weight) * row_weight
 
         def judge(pred: np.ndarray) -> tuple[float, dict[str, float]]:
             by_source = {}
@@ -569,7 +583,10 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
         # The logistic map is fitted on held-out predictions, so the probabilities are those of
         # prompts the predictors did not see.
         soft = np.clip((labels["pair_gap"].to_numpy(float) + 1) / 2, 0, 1)
-        calibration = fit_logistic(pred, soft, sources)
+        # Equal weights take the unweighted path: the shipped router's calibration is kept as is.
+        calibration = fit_logistic(
+            pred, soft, sources, None if np.ndim(row_weight) == 0 else row_weight
+        )
         router = cls(
             members,
             bank,

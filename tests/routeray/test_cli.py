@@ -448,3 +448,95 @@ def test_routers_lists_kinds_and_shipped_names():
     result = invoke("routers")
     assert result.exit_code == 0
     assert "quality_gap" in result.output and "default" in result.output
+
+
+# --- your own labels --------------------------------------------------------------------------
+
+
+def _user_labels(path: Path, hello_wins: str, n: int = 20) -> Path:
+    """The fixture's two prompt families, labelled as a user's judge would: math to the strong
+    model, hello to `hello_wins`."""
+    prompts, winners = [], []
+    for i in range(n):
+        prompts += [f"Solve: {i + 100} + {i * 5} times {i + 3}", f"Say hello to friend {i + 100}"]
+        winners += ["weak" if hello_wins == "strong" else "strong", hello_wins]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"prompt": prompts, "winner": winners}).to_parquet(path)
+    return path
+
+
+def _hello_minus_math(router_dir: Path) -> float:
+    scores = load_router(router_dir).score(["Say hello to friend 7", "Solve: 8 + 21 times 9"])
+    return float(scores[0] - scores[1])
+
+
+def test_train_extra_data_flips_a_prompt_family(tmp_path: Path):
+    train_dir, eval_dir = _training_dirs(tmp_path)
+    common = ["--train-dir", train_dir, "--eval-dir", eval_dir, "--no-embedding-cache"]
+    shared = invoke("train", "--kind", "mf", *common, "--output", tmp_path / "shared")
+    assert shared.exit_code == 0, shared.output
+    assert _hello_minus_math(tmp_path / "shared") < 0  # the shared data: math goes strong
+
+    mine = _user_labels(tmp_path / "labels" / "mine.parquet", hello_wins="strong")
+    only = invoke(
+        "train", "--kind", "mf", *common, "--output", tmp_path / "only",
+        "--extra-data", mine, "--no-shared-data",
+    )  # fmt: skip
+    assert only.exit_code == 0, only.output
+    assert _hello_minus_math(tmp_path / "only") > 0  # the user's labels alone flip it
+    both = invoke(
+        "train", "--kind", "mf", *common, "--output", tmp_path / "both",
+        "--extra-data", tmp_path / "labels", "--extra-weight", "20",
+    )  # fmt: skip
+    assert both.exit_code == 0, both.output
+    assert _hello_minus_math(tmp_path / "both") > 0  # heavy enough to outweigh the shared data
+    recorded = json.loads((tmp_path / "both" / "config.json").read_text())["metadata"]
+    assert recorded["training"]["extra_data"] == {"labels": 40}
+    assert recorded["training"]["extra_weight"] == 20.0
+
+
+def test_train_extra_data_errors_are_clear(tmp_path: Path):
+    train_dir, eval_dir = _training_dirs(tmp_path)
+    args = ["train", "--kind", "mf", "--train-dir", train_dir, "--eval-dir", eval_dir]
+    result = invoke(*args, "--no-shared-data", "--output", tmp_path / "r")
+    assert result.exit_code == 2 and "give --extra-data" in result.output
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"prompt": ["a"], "strong_score": [3.0], "weak_score": [0.0]}).to_parquet(bad)
+    result = invoke(*args, "--extra-data", bad, "--output", tmp_path / "r")
+    assert result.exit_code == 2 and "outside [0, 1]" in result.output
+    result = invoke(*args, "--extra-data", tmp_path / "missing", "--output", tmp_path / "r")
+    assert result.exit_code == 2 and "not found" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_on_your_own_labels_with_cross_fit(tmp_path: Path, tiny_router_dir: Path):
+    train_dir, eval_dir = _training_dirs(tmp_path)
+    rng = np.random.default_rng(0)
+    prompts = [f"Solve: {i} + {i * 3} times {i + 2}" for i in range(0, 30, 2)]  # in training
+    prompts += [f"Write a limerick about a cat named {i}" for i in range(45)]
+    strong = rng.integers(0, 2, len(prompts)).astype(float)
+    data = tmp_path / "traffic.parquet"
+    pd.DataFrame(
+        {"id": range(len(prompts)), "prompt": prompts, "strong_score": strong,
+         "weak_score": 1.0 - strong}
+    ).to_parquet(data)  # fmt: skip
+    out = tmp_path / "result"
+    result = invoke(
+        "eval", "--data", data, "--routers", "default", "--router", tiny_router_dir,
+        "--router", "random", "--cross-fit", "3", "--kind", "mf", "--train-dir", train_dir,
+        "--eval-dir", eval_dir, "--output", out, "--no-embedding-cache",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "traffic: 60 labelled prompts" in result.output
+    # The user's own prompts are kept out of the shared training rows, as benchmarks are.
+    assert "alpaca_eval: dropped" in result.output and "(15 prompts)" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"default", "tiny-mf", "random", "mf cross-fit 3"}
+    for values in metrics.values():
+        assert {"apgr", "cpt50", "cpt80", "strong_at_95"} <= set(values)
+    assert (out / "traffic.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_needs_exactly_one_of_benchmark_and_data(tmp_path: Path):
+    result = invoke("eval", "--router", "random", "--output", tmp_path / "o")
+    assert result.exit_code == 2 and "exactly one of --benchmark and --data" in result.output

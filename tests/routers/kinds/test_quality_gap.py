@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,9 +9,9 @@ import pytest
 from routers.checkpoint import load_router, save_router
 from routers.data.prompt_labels import LABEL_COLUMNS, golden_labels, labels_from_quality
 from routers.data.tables import golden_table
-from routers.evaluation.cross_fit import cross_fit_scores
+from routers.kinds.mf import MFRouter
 from routers.kinds.quality_gap import QualityGapRouter, Variant, default_grid, question_stem
-from routers.protocol import BaseRouter, LoadOptions, OptionError
+from routers.protocol import OptionError
 from routers.training.splits import prompt_folds
 
 HARD = [
@@ -110,61 +108,11 @@ def test_prompt_folds_keep_copies_together():
         prompt_folds(prompts, 1, seed=0)
 
 
-class Memorising(BaseRouter):
-    """Scores 1 for a prompt it was trained on, 0 otherwise: any leak shows up as a 1."""
-
-    kind = "memorising"
-    seen_tables: ClassVar[list[pd.DataFrame]] = []
-
-    def __init__(self, seen: set[str]) -> None:
-        self.seen = seen
-
-    @classmethod
-    def train(cls, battles: pd.DataFrame, **_: object) -> Memorising:
-        cls.seen_tables.append(battles)
-        return cls(set(battles["prompt"]))
-
-    def score(self, prompts):
-        return np.array([float(p in self.seen) for p in prompts])
-
-    def config(self):
-        return {}
-
-    @classmethod
-    def from_checkpoint(cls, config, tensors, options: LoadOptions):
-        raise NotImplementedError
-
-
-def test_cross_fit_never_scores_a_prompt_with_a_router_that_saw_it():
-    benchmark = pd.DataFrame(
-        {
-            "prompt": [f"question {i % 15}" for i in range(20)],  # five prompts occur twice
-            "weak_score": np.tile([0.0, 1.0], 10),
-            "strong_score": np.ones(20),
-        }
-    )
-    training = pd.DataFrame(
-        {"prompt": ["train only"], "model_a": ["x"], "model_b": ["y"], "winner": ["a"]}
-    ).assign(source="t", weight=1.0)
-    Memorising.seen_tables.clear()
-    scores = cross_fit_scores(Memorising, benchmark, "bench", training, folds=4)
-    assert (scores == 0).all()
-    assert len(Memorising.seen_tables) == 4
-    for table in Memorising.seen_tables:
-        assert "train only" in set(table["prompt"])
-        golden = table[table["source"] == "golden:bench"]
-        assert set(golden["model_a"]) == {"gpt-4-1106-preview"}
-        # Every benchmark prompt is in training for all folds but its own.
-        assert 0 < golden["prompt"].nunique() < 15
-    counts = pd.concat(Memorising.seen_tables)["prompt"].value_counts()
-    assert all(counts[f"question {i}"] == 3 * (2 if i < 5 else 1) for i in range(15))
-
-
 def test_golden_battles_orient_the_pair():
     benchmark = pd.DataFrame(
         {"prompt": ["p", "q", "r"], "weak_score": [0.0, 1.0, 1.0], "strong_score": [1.0, 0.0, 1.0]}
     )
-    battles = golden_table(Memorising, benchmark, "mmlu")
+    battles = golden_table(MFRouter, benchmark, "mmlu")
     assert battles["winner"].tolist() == ["a", "b", "tie"]
     labels = golden_table(
         QualityGapRouter, benchmark.assign(weak_score=[2.0, 10.0, 10.0]), "mt-bench"
