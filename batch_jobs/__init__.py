@@ -1,1 +1,1 @@
-"""Ray Data jobs: route (and later generate and simulate) whole Parquet archives."""
+"""Ray Data jobs over whole Parquet archives: route, generate, label and simulate."""

@@ -12,12 +12,10 @@ per input file like the route job's, so a killed job resumes without repeating a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +23,15 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from backends import OpenAIBackendConfig, VLLMBackendConfig, make_backend
+from backends import OpenAIBackendConfig, VLLMBackendConfig
+from batch_jobs.answers import (
+    AnswerActor,
+    Reply,
+    StageConfig,
+    StrongStageConfig,
+    chat_stage,
+    set_columns,
+)
 from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
 from batch_jobs.inputs import inspect_inputs
 from batch_jobs.route import (
@@ -40,6 +46,9 @@ from routers.prices import Prices
 from routers.prompts import ERROR_COLUMN
 from routers.shipped import router_path
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 RESPONSE_COLUMN = "response"
 MODEL_COLUMN = "answered_by"
 INPUT_TOKENS_COLUMN = "input_tokens"
@@ -52,18 +61,6 @@ ANSWER_COLUMNS = {
     OUTPUT_TOKENS_COLUMN: pa.int64(),
     COST_USD_COLUMN: pa.float64(),
 }
-
-
-class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_actors: int = Field(default=1, ge=1)
-    batch_size: int = Field(default=64, ge=1, description="Rows handed to one actor call.")
-
-
-class StrongStageConfig(StageConfig):
-    requests_per_s: float = Field(default=10.0, gt=0, description="For the whole job.")
-    concurrency: int = Field(default=16, ge=1, description="Requests in flight, whole job.")
 
 
 class GenerateConfig(BaseModel):
@@ -81,108 +78,47 @@ class GenerateConfig(BaseModel):
     weak_stage: StageConfig = StageConfig()
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> GenerateConfig:
+    def from_yaml(cls, path: str | Path) -> Self:
         document = yaml.safe_load(Path(path).read_text()) or {}
         if "applications" in document:  # a Ray Serve config file: the app's arguments
             document = document["applications"][0].get("args", {})
         config = cls.model_validate(document)
         # Actors may start in another directory: pin relative paths now.
         base = Path.cwd()
-        return config.model_copy(
-            update={
-                "strong": config.strong.with_absolute_paths(base),
-                "weak": config.weak.with_absolute_paths(base),
-            }
-        )
+        backends = {
+            name: value.with_absolute_paths(base)
+            for name, value in config
+            if isinstance(value, (OpenAIBackendConfig, VLLMBackendConfig))
+        }
+        return config.model_copy(update=backends)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 
-class AnswerBatch:
-    """Ray Data actor: answers the rows routed to one side (`strong` or `weak`) through that
-    side's backend and passes every other row through unchanged."""
+class AnswerBatch(AnswerActor):
+    """Ray Data actor: answers the rows routed to its side (`strong` or `weak`) and passes
+    every other row through unchanged."""
 
-    def __init__(
-        self,
-        side: str,
-        backend: dict[str, Any],
-        prompt_column: str,
-        prices: dict[str, Any],
-        max_tokens: int,
-        temperature: float,
-        requests_per_s: float | None = None,
-        concurrency: int = 64,
-    ) -> None:
-        from aiolimiter import AsyncLimiter
+    def prepare(self, table: pa.Table) -> pa.Table:
+        return with_answer_columns(table)
 
-        self.side = side
-        self.prompt_column = prompt_column
-        self.price = getattr(Prices.model_validate(prices), side)
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        # The backend's asyncio objects bind to one loop, which lives as long as the actor.
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.backend = make_backend(backend)
-        self.model = backend["model"]
-        self.limiter = AsyncLimiter(requests_per_s, 1.0) if requests_per_s else None
-        self.concurrency = concurrency
-        self._run(self.backend.start())
-
-    def _run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    async def _answer(self, prompt: str, gate: asyncio.Semaphore) -> dict[str, Any]:
-        request = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-        }
-        async with gate:
-            if self.limiter is not None:
-                await self.limiter.acquire()
-            try:
-                body = await self.backend.complete(request)
-            except Exception as exc:
-                return {"error": f"{self.side} model {self.model}: {exc}"}
-        usage = body.get("usage") or {}
-        return {
-            "text": body["choices"][0]["message"].get("content") or "",
-            "model": body.get("model") or self.model,
-            "input_tokens": int(usage.get("prompt_tokens", 0)),
-            "output_tokens": int(usage.get("completion_tokens", 0)),
-        }
-
-    async def _answer_all(self, prompts: list[str]) -> list[dict[str, Any]]:
-        gate = asyncio.Semaphore(self.concurrency)
-        return await asyncio.gather(*(self._answer(p, gate) for p in prompts))
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        table = with_answer_columns(table)
+    def rows_to_answer(self, table: pa.Table) -> list[int]:
         routes = table.column(ROUTE_COLUMN).to_pylist()
-        rows = [i for i, route in enumerate(routes) if route == self.side]
-        if not rows:
-            return table
-        prompts = table.column(self.prompt_column).to_pylist()
-        answers = self._run(self._answer_all([prompts[i] for i in rows]))
+        return [i for i, route in enumerate(routes) if route == self.side]
+
+    def store(self, table: pa.Table, rows: list[int], replies: list[Reply]) -> pa.Table:
         columns = {name: table.column(name).to_pylist() for name in (*ANSWER_COLUMNS, ERROR_COLUMN)}
-        for i, answer in zip(rows, answers, strict=True):
-            if "error" in answer:
-                columns[ERROR_COLUMN][i] = answer["error"]
+        for i, reply in zip(rows, replies, strict=True):
+            if reply.error is not None:
+                columns[ERROR_COLUMN][i] = reply.error
                 continue
-            columns[RESPONSE_COLUMN][i] = answer["text"]
-            columns[MODEL_COLUMN][i] = answer["model"]
-            columns[INPUT_TOKENS_COLUMN][i] = answer["input_tokens"]
-            columns[OUTPUT_TOKENS_COLUMN][i] = answer["output_tokens"]
-            columns[COST_USD_COLUMN][i] = float(
-                self.price.cost(answer["input_tokens"], answer["output_tokens"])
-            )
-        for name, values in columns.items():
-            kind = ANSWER_COLUMNS.get(name, pa.string())
-            table = table.set_column(table.column_names.index(name), name, pa.array(values, kind))
-        return table
+            columns[RESPONSE_COLUMN][i] = reply.text
+            columns[MODEL_COLUMN][i] = reply.model
+            columns[INPUT_TOKENS_COLUMN][i] = reply.input_tokens
+            columns[OUTPUT_TOKENS_COLUMN][i] = reply.output_tokens
+            columns[COST_USD_COLUMN][i] = reply.cost(self.price)
+        return set_columns(table, columns, {**ANSWER_COLUMNS, ERROR_COLUMN: pa.string()})
 
 
 def with_answer_columns(table: pa.Table) -> pa.Table:
@@ -275,33 +211,17 @@ def run(
     prices = config.prices.model_dump()
 
     def answer(side: str, dataset: Any) -> Any:
-        stage = config.strong_stage if side == "strong" else config.weak_stage
-        backend = config.strong if side == "strong" else config.weak
-        limits = {}
-        if isinstance(stage, StrongStageConfig):
-            # Limits are for the job; each actor takes its share.
-            limits = {
-                "requests_per_s": stage.requests_per_s / stage.num_actors,
-                "concurrency": max(1, stage.concurrency // stage.num_actors),
-            }
-        gpus = backend.num_gpus if isinstance(backend, VLLMBackendConfig) else 0.0
-        return dataset.map_batches(
+        strong = side == "strong"
+        return chat_stage(
+            dataset,
             AnswerBatch,
-            fn_constructor_kwargs={
-                "side": side,
-                "backend": backend.model_dump(),
-                "prompt_column": prompt_column,
-                "prices": prices,
-                "max_tokens": config.max_tokens,
-                "temperature": config.temperature,
-                **limits,
-            },
-            batch_size=stage.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=stage.num_actors),
-            # An API client mostly waits; a vLLM engine on a CPU needs its cores.
-            num_cpus=backend.num_cpus if isinstance(backend, VLLMBackendConfig) else 0.25,
-            num_gpus=gpus,
+            config.strong if strong else config.weak,
+            config.strong_stage if strong else config.weak_stage,
+            side=side,
+            prompt_column=prompt_column,
+            prices=prices,
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
         )
 
     def pipeline(dataset: Any) -> Any:

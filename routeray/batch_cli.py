@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from routeray.options import (
+    DryRunOption,
+    JudgeModeOption,
     LoadOptionOption,
     LocalRayCpusOption,
     OverwriteOption,
@@ -16,6 +18,8 @@ from routeray.options import (
     PromptColumnOption,
     RouterOption,
     S3EndpointOption,
+    SampleRowsOption,
+    SeedOption,
     StrongPctOption,
     ThresholdOption,
     fail,
@@ -32,8 +36,8 @@ def route(
     input: Annotated[
         str | None, typer.Option(help="Parquet file or directory of Parquet files.")
     ] = None,
-    sample: Annotated[
-        int | None, typer.Option(help="Generate this many prompts as the input instead.")
+    demo_prompts: Annotated[
+        int | None, typer.Option(help="Route this many generated demo prompts instead of --input.")
     ] = None,
     router: RouterOption = "default",
     load_option: LoadOptionOption = None,
@@ -57,13 +61,13 @@ def route(
     from batch_jobs.route import run
     from routers import Prices
 
-    if (input is None) == (sample is None):
-        raise typer.BadParameter("give exactly one of --input and --sample")
-    if sample is not None:
+    if (input is None) == (demo_prompts is None):
+        raise typer.BadParameter("give exactly one of --input and --demo-prompts")
+    if demo_prompts is not None:
         from routeray.demo.prompts import write_sample
 
-        input = str(write_sample(Path(f"{output.rstrip('/')}-input"), sample))
-        typer.echo(f"generated {sample} prompts into {input}")
+        input = str(write_sample(Path(f"{output.rstrip('/')}-input"), demo_prompts))
+        typer.echo(f"generated {demo_prompts} prompts into {input}")
     options = key_values(load_option, "--load-option")
     try:
         price_table = Prices.from_yaml(prices) if prices else None
@@ -85,8 +89,8 @@ def route(
             num_gpus=num_gpus,
             prices=price_table,
             s3_endpoint=s3_endpoint,
-            # A generated sample is new input each time: never resume onto older results.
-            overwrite=overwrite or sample is not None,
+            # Generated prompts are new input each time: never resume onto older results.
+            overwrite=overwrite or demo_prompts is not None,
         )
     except (ValueError, FileNotFoundError) as exc:
         fail(exc)
@@ -149,4 +153,72 @@ def generate(
         f"{summary['answered_weak']} with the weak one; {summary['errors']} rows have an error\n"
         f"cost ${summary['cost_usd']:.4f} against about ${summary['all_strong_cost_usd']:.4f} "
         f"all-strong ({summary['saving_vs_all_strong']:.1%} saved)\nresults: {output}"
+    )
+
+
+@batch_app.command("label")
+def label(
+    input: Annotated[str, typer.Option(help="Parquet file or directory of prompts (or answers).")],
+    output: Annotated[str, typer.Option(help="Output directory, local or s3://.")],
+    config: Annotated[
+        Path, typer.Option(help="label.yaml, or a serve config: models, judge, limits, prices.")
+    ],
+    sample: SampleRowsOption = None,
+    seed: SeedOption = 0,
+    judge_mode: JudgeModeOption = None,
+    dry_run: DryRunOption = False,
+    prompt_column: PromptColumnOption = "prompt",
+    s3_endpoint: S3EndpointOption = None,
+    overwrite: OverwriteOption = False,
+    local_ray_cpus: LocalRayCpusOption = None,
+) -> None:
+    """Label prompts for router training: the weak and the strong model answer (or the
+    input's weak_response/strong_response are used), an LLM judge compares the answers, and
+    every row gets strong_score, weak_score and winner. Prints the cost estimate first."""
+    from batch_jobs.judge import JUDGE_MODES
+    from batch_jobs.label import run
+    from batch_jobs.label_config import LabelConfig
+
+    try:
+        settings = LabelConfig.from_yaml(config)
+    except (OSError, ValueError) as exc:
+        fail(exc)
+    if judge_mode is not None:
+        if judge_mode not in JUDGE_MODES:
+            fail(f"--judge-mode takes one of {', '.join(JUDGE_MODES)}, got {judge_mode!r}")
+        settings = settings.model_copy(update={"judge_mode": judge_mode})
+    if not dry_run:  # a dry run reads footers and a few rows, here; it needs no cluster
+        init_ray(local_ray_cpus)
+    try:
+        summary = run(
+            input,
+            output,
+            settings,
+            sample=sample,
+            seed=seed,
+            prompt_column=prompt_column,
+            s3_endpoint=s3_endpoint,
+            overwrite=overwrite,
+            dry_run=dry_run,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        fail(exc)
+    typer.echo(json.dumps(summary, indent=2))
+    estimate = summary["estimated_cost_usd"]
+    if dry_run:
+        typer.echo(
+            f"\ndry run: labelling would cost about ${estimate['total_usd']:.4f} "
+            f"({estimate['rows']} rows, {estimate['judge_calls']} judge calls, "
+            f"{estimate['weak_answers'] + estimate['strong_answers']} answers to write); "
+            "no model was called"
+        )
+        return
+    cost, winners = summary["cost_usd"], summary["winners"]
+    typer.echo(
+        f"\nlabelled {summary['labeled']} of {summary['rows']} rows ({summary['judge_mode']}): "
+        f"strong {winners['strong']}, weak {winners['weak']}, tie {winners['tie']}; "
+        f"{summary['errors']} rows have an error\n"
+        f"cost ${cost['total']:.4f} (answers ${cost['answers']:.4f}, judge "
+        f"${cost['judge']:.4f}) against an estimate of ${estimate['total_usd']:.4f}\n"
+        f"results: {output}"
     )

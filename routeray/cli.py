@@ -89,7 +89,9 @@ def _load(router: str, load_option: list[str] | None):
         fail(exc)
 
 
-def _read_labelled(uri: str, s3_endpoint: str | None) -> tuple[str, Any]:
+def _read_labelled(
+    uri: str, s3_endpoint: str | None, prompt_column: str = "prompt"
+) -> tuple[str, Any]:
     """A user's labelled Parquet (file or directory, local or S3) in the user-label schema,
     named after the file or directory; failures exit 2."""
     import pyarrow as pa
@@ -106,6 +108,9 @@ def _read_labelled(uri: str, s3_endpoint: str | None) -> tuple[str, Any]:
         tables = [pq.read_table(f.path, filesystem=f.fs) for f in files]
         name = Path(location.path.rstrip("/")).stem
         frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        if prompt_column != "prompt" and prompt_column in frame.columns:
+            frame = frame.drop(columns=["prompt"], errors="ignore")
+            frame = frame.rename(columns={prompt_column: "prompt"})
         return name, read_user_labels(frame, name)
     except (OSError, ValueError, pa.ArrowException) as exc:
         fail(exc)
@@ -128,6 +133,7 @@ def train(
     extra_data: ExtraDataOption = None,
     extra_weight: ExtraWeightOption = 1.0,
     no_shared_data: NoSharedDataOption = False,
+    prompt_column: PromptColumnOption = "prompt",
     s3_endpoint: S3EndpointOption = None,
     embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
     no_embedding_cache: NoEmbeddingCacheOption = False,
@@ -154,7 +160,7 @@ def train(
             fail(f"eval dir {eval_dir} not found: training is always decontaminated against it")
         # Only the user's own labels: the project's benchmarks are not there to protect.
         benchmarks = None
-    extra = [_read_labelled(uri, s3_endpoint) for uri in extra_data or []]
+    extra = [_read_labelled(uri, s3_endpoint, prompt_column) for uri in extra_data or []]
     with embedding_cache(embedding_cache_dir, no_embedding_cache):
         try:
             table = training_table(
@@ -314,6 +320,7 @@ def evaluate(
     seed: SeedOption = 0,
     param: ParamOption = None,
     load_option: LoadOptionOption = None,
+    prompt_column: PromptColumnOption = "prompt",
     s3_endpoint: S3EndpointOption = None,
     embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
     no_embedding_cache: NoEmbeddingCacheOption = False,
@@ -331,7 +338,7 @@ def evaluate(
     names = router or ["default"]
     with embedding_cache(embedding_cache_dir, no_embedding_cache):
         if data is not None:
-            title, df = _read_labelled(data, s3_endpoint)
+            title, df = _read_labelled(data, s3_endpoint, prompt_column)
             typer.echo(f"{title}: {len(df)} labelled prompts from {data}")
         else:
             title = benchmark

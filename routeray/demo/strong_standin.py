@@ -24,6 +24,17 @@ Fault kinds (queued with `inject`, consumed one per chat request, oldest first):
 A client talking to the stand-in directly can also ask for a fault per request with the header
 `x-standin-fault: <kind>` (plus optional `x-standin-retry-after`, `x-standin-delay`,
 `x-standin-after-chunks`); a header fault does not consume the queue.
+
+Replies can be scripted too, e.g. to play a judge with known (or malformed) verdicts:
+
+    standin.reply("Both are fine. [[C]]")           # the next chat request gets this text
+    standin.reply("[[A]]", when=r"case 07:.*strong answer.*weak answer")  # every match
+    standin.reply("no verdict", when=r"case 09:", times=2)                # the next 2 matches
+
+`when` is a regular expression (dot matches newlines) searched in the request's messages,
+joined by newlines in their order; the oldest scripted reply that applies wins, and a request
+no script applies to gets the deterministic answer. `answer_prefix` changes that answer's
+prefix, so a second stand-in can play a weak model whose answers differ from the strong one's.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -114,6 +126,48 @@ class Faults:
             return len(self._queue)
 
 
+@dataclass
+class _Scripted:
+    text: str
+    pattern: re.Pattern[str] | None
+    left: int | None  # None: every matching request
+
+
+class Script:
+    """Scripted reply texts (see the module doc), thread-safe like `Faults`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._replies: list[_Scripted] = []
+
+    def add(self, text: str, when: str | None = None, times: int | None = None) -> None:
+        if times is None and when is None:
+            times = 1  # an unconditional reply without a count would answer everything
+        if times is not None and times < 1:
+            raise ValueError(f"times must be at least 1, got {times}")
+        pattern = re.compile(when, re.DOTALL) if when is not None else None
+        with self._lock:
+            self._replies.append(_Scripted(text, pattern, times))
+
+    def take(self, messages: list[dict[str, Any]]) -> str | None:
+        """The scripted text for a request with these messages, if any applies."""
+        conversation = "\n".join(_text(m.get("content")) for m in messages)
+        with self._lock:
+            for scripted in self._replies:
+                if scripted.pattern is not None and not scripted.pattern.search(conversation):
+                    continue
+                if scripted.left is not None:
+                    scripted.left -= 1
+                    if scripted.left == 0:
+                        self._replies.remove(scripted)
+                return scripted.text
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._replies.clear()
+
+
 class Stats:
     """What the stand-in saw, for tests to assert on (retries, concurrency, bodies sent)."""
 
@@ -155,12 +209,15 @@ def _text(content: Any) -> str:
     return ""
 
 
-def answer_for(messages: list[dict[str, Any]]) -> str:
+ANSWER_PREFIX = "strong answer: "
+
+
+def answer_for(messages: list[dict[str, Any]], prefix: str = ANSWER_PREFIX) -> str:
     """The deterministic reply: tests compute the same string to check passthrough."""
     last_user = next(
         (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
     )
-    return "strong answer: " + last_user[:40][::-1]
+    return prefix + last_user[:40][::-1]
 
 
 def _words(text: str) -> list[str]:
@@ -203,12 +260,15 @@ def create_app(
     model_name: str | None = None,
     faults: Faults | None = None,
     stats: Stats | None = None,
+    script: Script | None = None,
+    answer_prefix: str = ANSWER_PREFIX,
 ) -> FastAPI:
     """The stand-in's ASGI app. `model_name` set: every answer reports it (as APIs that answer
     with a dated snapshot name do); None: the requested model is echoed."""
     app = FastAPI(title="routeray strong-model stand-in")
     app.state.faults = faults = faults if faults is not None else Faults()
     app.state.stats = stats = stats if stats is not None else Stats()
+    app.state.script = script = script if script is not None else Script()
 
     def unauthorized(request: Request) -> JSONResponse | None:
         if api_key is None:
@@ -290,10 +350,13 @@ def create_app(
             if fault is not None and fault.kind in ("timeout", "slow"):
                 await _sleep_unless_gone(request, fault.sleep_s)
             model = model_name or str(body.get("model") or DEFAULT_MODEL)
+            content = script.take(messages)
+            if content is None:
+                content = answer_for(messages, answer_prefix)
             if body.get("stream"):
                 ended_here = False  # the stream's generator ends the request instead
-                return _stream_response(request, body, model, fault, stats)
-            payload = _completion(body, model)
+                return _stream_response(request, body, content, model, fault, stats)
+            payload = _completion(body, content, model)
             if fault is not None and fault.kind in ("drop_stream", "stall_stream"):
                 raw = json.dumps(payload).encode()
                 headers = [
@@ -315,9 +378,8 @@ def _usage(body: dict[str, Any], completion: str) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
-def _reply(body: dict[str, Any]) -> tuple[str, str]:
+def _reply(body: dict[str, Any], content: str) -> tuple[str, str]:
     """(content, finish_reason), honouring max_tokens counted in whitespace words."""
-    content = answer_for(body["messages"])
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     words = content.split(" ")
     if isinstance(limit, int) and 0 < limit < len(words):
@@ -325,8 +387,8 @@ def _reply(body: dict[str, Any]) -> tuple[str, str]:
     return content, "stop"
 
 
-def _completion(body: dict[str, Any], model: str) -> dict[str, Any]:
-    content, finish = _reply(body)
+def _completion(body: dict[str, Any], text: str, model: str) -> dict[str, Any]:
+    content, finish = _reply(body, text)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -344,8 +406,8 @@ def _completion(body: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-def _chunks(body: dict[str, Any], model: str) -> list[dict[str, Any]]:
-    content, finish = _reply(body)
+def _chunks(body: dict[str, Any], text: str, model: str) -> list[dict[str, Any]]:
+    content, finish = _reply(body, text)
     base = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion.chunk",
@@ -372,9 +434,14 @@ def _sse(chunk: dict[str, Any] | str) -> bytes:
 
 
 def _stream_response(
-    request: Request, body: dict[str, Any], model: str, fault: Fault | None, stats: Stats
+    request: Request,
+    body: dict[str, Any],
+    text: str,
+    model: str,
+    fault: Fault | None,
+    stats: Stats,
 ) -> Any:
-    chunks = _chunks(body, model)
+    chunks = _chunks(body, text, model)
     if fault is not None and fault.kind == "drop_stream":
         stats.end()
         parts = [_sse(c) for c in chunks[: fault.after_chunks]]
@@ -417,12 +484,19 @@ class StrongStandin:
         host: str = "127.0.0.1",
         port: int = 0,
         startup_timeout_s: float = 10.0,
+        answer_prefix: str = ANSWER_PREFIX,
     ) -> None:
         self.host = host
         self.faults = Faults()
         self.stats = Stats()
+        self.script = Script()
         self.app = create_app(
-            api_key=api_key, model_name=model_name, faults=self.faults, stats=self.stats
+            api_key=api_key,
+            model_name=model_name,
+            faults=self.faults,
+            stats=self.stats,
+            script=self.script,
+            answer_prefix=answer_prefix,
         )
         self._requested_port = port
         self._startup_timeout_s = startup_timeout_s
@@ -527,7 +601,14 @@ class StrongStandin:
             kind, times, retry_after=retry_after, delay=delay, after_chunks=after_chunks
         )
 
+    def reply(self, text: str, *, when: str | None = None, times: int | None = None) -> None:
+        """Script the text of answers: for the next request (or `times` requests), or with
+        `when` for every request whose messages match that regex (or the next `times` ones)."""
+        self.script.add(text, when, times)
+
     def reset(self) -> None:
-        """Forget queued faults and counters, e.g. between tests sharing one stand-in."""
+        """Forget queued faults, scripted replies and counters, e.g. between tests sharing one
+        stand-in."""
         self.faults.clear()
+        self.script.clear()
         self.stats.reset()
