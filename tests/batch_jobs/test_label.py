@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +38,7 @@ from batch_jobs.storage import locate, s3_filesystem
 from routeray.cli import app
 from routeray.demo.strong_standin import StrongStandin, answer_for
 from routers.data.user_labels import read_user_labels
+from tests.support.jobs import kill_midway, published
 
 STRONG, WEAK, JUDGE = "standin-strong", "standin-weak", "standin-judge"
 PRICES = {
@@ -484,28 +480,7 @@ def test_killed_sample_job_reruns_to_every_sampled_prompt_exactly_once(
         "--sample", str(sample),
         "--seed", "5",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
-    routeray = Path(sys.executable).with_name("routeray")
-    job = subprocess.Popen(
-        [str(routeray), "batch", "label", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-    def published() -> dict[str, object]:
-        listing = local_s3.client().list_objects_v2(Bucket=bucket, Prefix="out/day=")
-        return {o["Key"]: o["LastModified"] for o in listing.get("Contents", [])}
-
-    deadline = time.monotonic() + 240
-    while not published():
-        assert job.poll() is None, "the job ended before it published anything"
-        assert time.monotonic() < deadline, "the job published nothing in time"
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    done_before = published()
+    done_before = kill_midway(local_ray, local_s3, bucket, ["batch", "label", *args])
     assert 0 < len(done_before) < files, "the kill should land midway"
     strong.stats.reset()
 
@@ -531,7 +506,7 @@ def test_killed_sample_job_reruns_to_every_sampled_prompt_exactly_once(
     # The rerun judged only the rows of files the kill left unpublished, once each.
     done_rows = sum(len(plan.rows[key.split("/", 1)[1]]) for key in done_before)
     assert len(judge_bodies(strong)) == 2 * (sample - done_rows)
-    after = published()
+    after = published(local_s3, bucket)
     assert len(after) == files and all(after[k] == stamp for k, stamp in done_before.items())
     # The sample's hidden inputs stay beside the results, out of every reader's way.
     hidden = local_s3.client().list_objects_v2(Bucket=bucket, Prefix=f"out/{SAMPLE_DIR}/")

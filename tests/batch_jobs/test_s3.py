@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,6 +19,7 @@ from batch_jobs.storage import s3_filesystem
 from routeray.cli import app
 from routeray.demo.prompts import generate_prompts
 from routers.prompts import MAX_PROMPT_CHARS
+from tests.support.jobs import kill_midway, published
 
 pytestmark = pytest.mark.slow
 
@@ -131,30 +127,7 @@ def test_killed_job_reruns_to_every_row_exactly_once(local_ray, local_s3, tiny_r
         "--threshold", "0.5",
         "--batch-size", "8",
     ]  # fmt: skip
-    # The job runs as its own driver on this Ray cluster, as `ray job submit -- routeray batch
-    # route ...` would run it.
-    env = {**os.environ, "RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
-    routeray = Path(sys.executable).with_name("routeray")
-    job = subprocess.Popen(
-        [str(routeray), "batch", "route", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-    def published() -> dict[str, object]:
-        listing = local_s3.client().list_objects_v2(Bucket=bucket, Prefix="out/day=")
-        return {o["Key"]: o["LastModified"] for o in listing.get("Contents", [])}
-
-    deadline = time.monotonic() + 240
-    while not published():
-        assert job.poll() is None, "the job ended before it published anything"
-        assert time.monotonic() < deadline, "the job published nothing in time"
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    done_before = published()
+    done_before = kill_midway(local_ray, local_s3, bucket, ["batch", "route", *args])
     assert 0 < len(done_before) < files, "the kill should land midway"
 
     # What a reader sees after the kill is whole files only, never a partial one.
@@ -172,7 +145,7 @@ def test_killed_job_reruns_to_every_row_exactly_once(local_ray, local_s3, tiny_r
     table = read_results(local_s3, bucket, "out").to_pandas()
     assert sorted(table["id"]) == list(range(files * rows))
     assert summary["rows"] == files * rows
-    assert len(published()) == files
+    assert len(published(local_s3, bucket)) == files
     # Files finished before the kill were kept, not redone.
-    after = published()
+    after = published(local_s3, bucket)
     assert all(after[key] == stamp for key, stamp in done_before.items())
