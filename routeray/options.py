@@ -32,6 +32,13 @@ RoutersOption = Annotated[
         help="Router: a shipped name (default) or a router directory; repeat for more.",
     ),
 ]
+EmbedderOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Embedder: a sentence-transformers or a static (model2vec) model directory "
+        "(default: the shipped MiniLM)."
+    ),
+]
 KindOption = Annotated[str, typer.Option(help="Router kind to train (see `routeray routers`).")]
 LoadOptionOption = Annotated[
     list[str] | None,

@@ -1,10 +1,16 @@
-"""A trained router on disk: `config.json` plus `model.safetensors`. Never pickle."""
+"""A trained router on disk: `config.json` plus `model.safetensors`. Never pickle.
+
+A router whose embedder is a static model (`routers.text.static`) carries it in an
+`embedder/` subdirectory (the model's own JSON config, tokenizer and safetensors), so that the
+directory alone is the whole router wherever it is copied.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,11 +20,13 @@ from safetensors.torch import load_file, save_file
 
 from routers.protocol import BaseRouter, OptionError
 from routers.registry import router_class
+from routers.text.static import is_static_model
 
 FORMAT = "routeray-router"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+EMBEDDER_DIR = "embedder"
 
 
 class CheckpointError(ValueError):
@@ -47,6 +55,7 @@ def save_router(
         "config": router.config(),
         "metadata": metadata or {},
     }
+    _bundle_embedder(document, directory)
     tensors = {name: t.detach().contiguous().cpu() for name, t in router.tensors().items()}
     if tensors:
         weights = directory / WEIGHTS_FILE
@@ -59,6 +68,42 @@ def save_router(
     os.chmod(fh.name, 0o644)  # a temporary file is private; a router directory is shared
     os.replace(fh.name, directory / CONFIG_FILE)
     return directory
+
+
+def _bundle_embedder(document: dict[str, Any], directory: Path) -> None:
+    """Copy a static embedder into the router directory and point the config at the copy."""
+    embedder = document["config"].get("embedder") or {}
+    source = embedder.get("model_path")
+    if not is_static_model(source):
+        return
+    target = directory / EMBEDDER_DIR
+    if Path(source).resolve() != target.resolve():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+        for path in target.iterdir():
+            os.chmod(path, 0o644)
+    document["config"]["embedder"] = {**embedder, "model_path": EMBEDDER_DIR}
+    document["embedder"] = {"dir": EMBEDDER_DIR, "sha256": _sha256(target / WEIGHTS_FILE)}
+
+
+def _bundled_embedder(document: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The config with a bundled embedder's path made absolute, after checking its weights."""
+    config = document["config"]
+    bundled = document.get("embedder")
+    if not bundled:
+        return config
+    weights = directory / bundled["dir"] / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{directory}: embedder weights {bundled['dir']}/{WEIGHTS_FILE} missing"
+        )
+    if _sha256(weights) != bundled["sha256"]:
+        raise CheckpointError(
+            f"{directory}: embedder weights {bundled['dir']}/{WEIGHTS_FILE} are truncated or "
+            "modified (their sha256 does not match config.json)"
+        )
+    embedder = {**config.get("embedder", {}), "model_path": str(directory / bundled["dir"])}
+    return {**config, "embedder": embedder}
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -116,7 +161,7 @@ def load_router(directory: str | Path, **options: Any) -> BaseRouter:
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{directory}: cannot read {weights.name}: {exc}") from exc
     try:
-        return cls.from_checkpoint(document["config"], tensors, parsed)
+        return cls.from_checkpoint(_bundled_embedder(document, directory), tensors, parsed)
     except OptionError:
         raise
     except (KeyError, TypeError, RuntimeError) as exc:

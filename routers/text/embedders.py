@@ -24,6 +24,7 @@ import torch
 from routers.progress import progress_bar
 from routers.text.batching import EMBEDDER_BATCH_TOKENS, MAX_BATCH_ROWS, length_batches
 from routers.text.hf import offline
+from routers.text.static import StaticEmbedder, is_static_model
 from routers.text.tokens import TokenWindow
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -109,7 +110,7 @@ class CachedEmbedder:
     into a file read. Serving never uses it.
     """
 
-    def __init__(self, embedder: Embedder, cache_dir: str | Path) -> None:
+    def __init__(self, embedder: Embedder | StaticEmbedder, cache_dir: str | Path) -> None:
         self.embedder = embedder
         self.dim = embedder.dim
         self.name = embedder.name
@@ -150,16 +151,22 @@ class CachedEmbedder:
 
 
 @functools.lru_cache(maxsize=4)
-def _shared_embedder(model_path: str | None, max_tokens: int | None, head_tokens: int) -> Embedder:
+def _shared_embedder(
+    model_path: str | None, max_tokens: int | None, head_tokens: int
+) -> Embedder | StaticEmbedder:
+    if is_static_model(model_path):
+        return StaticEmbedder(model_path)
     return Embedder(model_path, max_tokens=max_tokens, head_tokens=head_tokens)
 
 
 def get_embedder(
     model_path: str | None = None, *, max_tokens: int | None = None, head_tokens: int = 64
-) -> Embedder | CachedEmbedder:
+) -> Embedder | StaticEmbedder | CachedEmbedder:
     """One embedder per process per setting, shared by every router that asks for it.
 
-    Setting ROUTERAY_EMBEDDING_CACHE to a directory turns on the on-disk cache.
+    `model_path` is a sentence-transformers model or a model2vec static model
+    (`routers.text.static`), told apart by the directory's own config; None is the default
+    MiniLM. Setting ROUTERAY_EMBEDDING_CACHE to a directory turns on the on-disk cache.
     """
     embedder = _shared_embedder(model_path, max_tokens, head_tokens)
     cache_dir = os.environ.get(CACHE_ENV)
@@ -173,7 +180,7 @@ class LazyEmbedder:
     embedder_config: dict[str, Any]
 
     @functools.cached_property
-    def embedder(self) -> Embedder | CachedEmbedder:
+    def embedder(self) -> Embedder | StaticEmbedder | CachedEmbedder:
         return get_embedder(**self.embedder_config)
 
 

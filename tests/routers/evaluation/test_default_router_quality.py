@@ -1,6 +1,6 @@
 """Routing quality against ../shared/data (CI runs these; a missing data dir fails).
 
-- The shipped default router may not fall below the metrics recorded in docs.
+- The shipped routers (default, fast) may not fall below the metrics recorded in docs.
 - `routeray eval --cross-fit 5` (the paper's golden-label setting) must reach the paper's best
   augmented routers on MMLU and GSM8K. MT Bench has 72 prompts: too few to train on.
 
@@ -17,13 +17,13 @@ import pytest
 from typer.testing import CliRunner
 
 from routeray.cli import app
-from routers import default_router_dir, load_router
+from routers import default_router_dir, load_router, router_path
 from routers.evaluation.benchmarks import load_benchmark
 from routers.evaluation.metrics import evaluate_scores
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
-RECORDED = Path(__file__).resolve().parents[3] / "docs" / "default_router_metrics.json"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 # Scores differ across BLAS builds in the last bits; a decile edge may move a prompt or two.
 TOLERANCE = 0.01
 # The paper's best router trained with augmentation (MMLU: SW ranking; GSM8K: causal LLM).
@@ -41,14 +41,18 @@ def cached(monkeypatch: pytest.MonkeyPatch, embedding_cache_dir: Path) -> Path:
     return embedding_cache_dir
 
 
+@pytest.mark.parametrize("router", ["default", "fast"])
 @pytest.mark.parametrize("benchmark", ["mt-bench", "mmlu", "gsm8k"])
-def test_default_router_apgr_does_not_regress(shared_data_dir: Path, benchmark: str, cached):
-    recorded = json.loads(RECORDED.read_text())[benchmark]
+def test_shipped_router_apgr_does_not_regress(
+    shared_data_dir: Path, router: str, benchmark: str, cached
+):
+    recorded = json.loads((DOCS / f"{router}_router_metrics.json").read_text())[benchmark]
     df = load_benchmark(benchmark, shared_data_dir / "eval")
-    scores = load_router(default_router_dir()).score(df["prompt"].tolist())
+    scores = load_router(router_path(router)).score(df["prompt"].tolist())
     _, metrics = evaluate_scores(scores, df["weak_score"], df["strong_score"])
     assert metrics.apgr >= recorded["apgr"] - TOLERANCE, (
-        f"{benchmark}: APGR {metrics.apgr:.4f} fell below the recorded {recorded['apgr']:.4f}"
+        f"{router} on {benchmark}: APGR {metrics.apgr:.4f} fell below the recorded "
+        f"{recorded['apgr']:.4f}"
     )
 
 
