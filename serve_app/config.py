@@ -69,7 +69,13 @@ class AuthConfig(Strict):
 
 
 class ServeConfig(Strict):
-    routers: list[RouterSpec] = Field(default_factory=lambda: [RouterSpec(aliases=["default"])])
+    # Both shipped tiers: router-default (MiniLM) and router-fast (static embeddings).
+    routers: list[RouterSpec] = Field(
+        default_factory=lambda: [
+            RouterSpec(aliases=["default"]),
+            RouterSpec(name="fast", path="fast"),
+        ]
+    )
     strong: BackendConfig
     weak: BackendConfig
     fallback_to_weak: bool = Field(
@@ -77,6 +83,9 @@ class ServeConfig(Strict):
     )
     route_on: Literal["last_user", "conversation"] = "last_user"
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_route_prompts: int = Field(
+        default=1024, ge=1, description="Most prompts one POST /v1/route request may carry."
+    )
     log_prompts: bool = Field(default=False, description="Log prompt text (off: never logged).")
     prices: Prices = Prices()
     auth: AuthConfig = AuthConfig()

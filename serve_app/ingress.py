@@ -1,4 +1,5 @@
-"""OpenAI-compatible HTTP ingress: validates, routes, calls a backend, falls back, reports."""
+"""OpenAI-compatible HTTP ingress: validates, routes, calls a backend, falls back, reports;
+and the routing decision alone (`POST /v1/route`) for gateways."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hmac
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,7 +21,14 @@ from backends import BackendError
 from routers.prices import Prices
 from serve_app.config import ServeConfig
 from serve_app.errors import APIError
-from serve_app.requests import backend_request, parse_chat_request, resolve_model, routing_text
+from serve_app.requests import (
+    backend_request,
+    parse_chat_request,
+    parse_route_request,
+    resolve_model,
+    resolve_router,
+    routing_text,
+)
 
 logger = logging.getLogger("ray.serve")
 api = FastAPI(title="routeray", docs_url=None, redoc_url=None)
@@ -38,6 +47,10 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error in routeray ingress")
     return error_response(APIError(500, "internal error", type_="api_error"))
+
+
+def _decision_headers(score: float, threshold: float) -> dict[str, str]:
+    return {"x-routeray-score": f"{score:.6f}", "x-routeray-threshold": f"{threshold:.6f}"}
 
 
 @serve.ingress(api)
@@ -60,9 +73,15 @@ class Ingress:
             description="Chat requests by route and answering model.",
             tag_keys=("route", "model"),
         )
+        self._decisions = metrics.Counter(
+            "routeray_route_decisions",
+            description="Route-only decisions (POST /v1/route), one per prompt, by route and "
+            "the model that would answer.",
+            tag_keys=("route", "model"),
+        )
         self._strong_share = metrics.Gauge(
             "routeray_strong_share",
-            description="Share of routed requests sent to the strong model.",
+            description="Share of routing decisions (chat and route-only) for the strong model.",
         )
         self._cost = metrics.Counter(
             "routeray_estimated_cost_usd",
@@ -118,6 +137,13 @@ class Ingress:
                 raise APIError(413, f"request body is larger than {limit} bytes")
         return bytes(body)
 
+    def _routed_now(self, started: float, routes: Counter[str]) -> None:
+        """Record decisions just made: router latency since `started`, the strong share."""
+        self._router_latency.observe(time.perf_counter() - started)
+        for route, n in routes.items():
+            self._routed[route] += n
+        self._strong_share.set(self._routed["strong"] / sum(self._routed.values()))
+
     def _account(self, backend: str, response: dict[str, Any]) -> None:
         usage = response.get("usage") or {}
         price = self.prices.strong if backend == "strong" else self.prices.weak
@@ -140,13 +166,8 @@ class Ingress:
                 logger.info("routing prompt: %r", text)
             score = await self.router.score.remote((target.router, text))
             backend = "strong" if score >= target.threshold else "weak"
-            self._router_latency.observe(time.perf_counter() - started)
-            self._routed[backend] += 1
-            self._strong_share.set(self._routed["strong"] / sum(self._routed.values()))
-            headers = {
-                "x-routeray-score": f"{score:.6f}",
-                "x-routeray-threshold": f"{target.threshold:.6f}",
-            }
+            self._routed_now(started, Counter([backend]))
+            headers = _decision_headers(score, target.threshold)
             route = backend
         else:
             backend = target.backend
@@ -155,6 +176,37 @@ class Ingress:
         if chat.stream:
             return await self._stream(body, backend, route, headers)
         return await self._complete(body, backend, route, headers)
+
+    @api.post("/v1/route")
+    async def route(self, request: Request) -> Response:
+        """The routing decision alone, for gateways: one per prompt, nothing is generated."""
+        started = time.perf_counter()
+        self.check_auth(request)
+        model, texts = parse_route_request(
+            await self.read_body(request), self.config.route_on, self.config.max_route_prompts
+        )
+        target = resolve_router(
+            model, await self.thresholds(), self.models["strong"], self.models["weak"]
+        )
+        if self.config.log_prompts:
+            for text in texts:
+                logger.info("routing prompt: %r", text)
+        # One call for all the prompts: in the router replica each joins the batching queue.
+        scores = await self.router.score_many.remote([(target.router, t) for t in texts])
+        routes = ["strong" if s >= target.threshold else "weak" for s in scores]
+        counts = Counter(routes)
+        self._routed_now(started, counts)
+        for r, n in counts.items():
+            self._decisions.inc(n, tags={"route": r, "model": self.models[r]})
+        data = [
+            {"route": r, "model": self.models[r], "score": s, "threshold": target.threshold}
+            for r, s in zip(routes, scores, strict=True)
+        ]
+        headers: dict[str, str] = {}
+        if len(data) == 1:
+            headers = _decision_headers(scores[0], target.threshold)
+            headers["x-routeray-route"] = routes[0]
+        return JSONResponse({"object": "route", "data": data}, headers=headers)
 
     def _fallback_allowed(self, backend: str, route: str) -> bool:
         # Only a routed request may change model; naming a model explicitly means that model.

@@ -1,13 +1,14 @@
-"""Validation of OpenAI chat requests and of the `model` field that picks the routing."""
+"""Validation of OpenAI chat requests, of route-only requests (`POST /v1/route`) and of the
+`model` field that picks the routing."""
 
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from serve_app.errors import APIError
 
@@ -43,19 +44,66 @@ class ChatRequest(BaseModel):
     n: int | None = Field(default=None, ge=1)
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object")
+    return body
+
+
+def _validate(model: type[_Body], body: dict[str, Any]) -> _Body:
     try:
-        return ChatRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"])
         raise APIError(400, f"invalid request: {param}: {first['msg']}", param=param) from exc
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    return _validate(ChatRequest, _json_object(raw))
+
+
+class RouteRequest(BaseModel):
+    """`POST /v1/route` for several prompts at once; each prompt is routed as it is."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    prompts: list[StrictStr] = Field(min_length=1)
+
+
+def parse_route_request(raw: bytes, route_on: str, max_prompts: int) -> tuple[str, list[str]]:
+    """(model, texts to score) of a `POST /v1/route` body: a chat request (its routing text, as
+    /v1/chat/completions would route it) or `{"model": ..., "prompts": [...]}`."""
+    body = _json_object(raw)
+    if "prompts" not in body:
+        if "messages" not in body:
+            raise APIError(
+                400,
+                "request needs messages (a chat request) or prompts (a list of strings)",
+                param="messages",
+            )
+        chat = _validate(ChatRequest, body)
+        return chat.model, [routing_text(chat, route_on)]
+    if "messages" in body:
+        raise APIError(400, "give messages or prompts, not both", param="prompts")
+    request = _validate(RouteRequest, body)
+    if len(request.prompts) > max_prompts:
+        raise APIError(
+            400,
+            f"{len(request.prompts)} prompts in one request; at most {max_prompts}",
+            param="prompts",
+        )
+    for i, prompt in enumerate(request.prompts):
+        if not prompt.strip():
+            raise APIError(400, "prompt has no text to route on", param=f"prompts.{i}")
+    return request.model, request.prompts
 
 
 def routing_text(request: ChatRequest, route_on: str) -> str:
@@ -125,6 +173,20 @@ def resolve_model(model: str, thresholds: dict[str, float], strong: str, weak: s
         param="model",
         code="model_not_found",
     )
+
+
+def resolve_router(model: str, thresholds: dict[str, float], strong: str, weak: str) -> Target:
+    """Like `resolve_model`, for `POST /v1/route`: only a router model makes a decision."""
+    target = resolve_model(model, thresholds, strong, weak)
+    if target.router is None:
+        known = ", ".join(f"router-{n}" for n in sorted(thresholds))
+        raise APIError(
+            400,
+            f"/v1/route needs a router model, not the backend model {model!r}; available: {known}",
+            param="model",
+            code="router_model_required",
+        )
+    return target
 
 
 def backend_request(request: ChatRequest) -> dict[str, Any]:

@@ -66,6 +66,12 @@ class RouterDeployment:
         """Router names (aliases included) and their default thresholds."""
         return dict(self._thresholds)
 
+    async def score_many(self, items: list[tuple[str, str]]) -> list[float]:
+        """Several (router name, prompt) items in one call (POST /v1/route): each joins the
+        batching queue as a call of its own would, so they are scored in batches of up to
+        max_batch_size, mixed with other requests' prompts."""
+        return list(await asyncio.gather(*(self.score(item) for item in items)))
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def score(self, items: list[tuple[str, str]]) -> list[float]:
         """Each item is (router name, prompt); one batch may mix routers."""

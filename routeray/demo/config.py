@@ -22,7 +22,7 @@ def free_port() -> int:
 def demo_config(model_dir: Path, strong_base_url: str, port: int) -> ServeConfig:
     """The shipped router, vLLM on a tiny generated model, a local stand-in for the strong API."""
     return ServeConfig(
-        routers=[RouterSpec(name="gap", aliases=["default"])],
+        routers=[RouterSpec(name="gap", aliases=["default"]), RouterSpec(name="fast", path="fast")],
         strong=OpenAIBackendConfig(
             model=STRONG_MODEL,
             base_url=strong_base_url,

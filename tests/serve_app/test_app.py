@@ -1,5 +1,6 @@
 """The online endpoint end to end: a real local Ray Serve, the real vLLM engine on a tiny
-model, the shipped router, the strong-API stand-in with faults, and the real `openai` SDK."""
+model, the shipped router, the strong-API stand-in with faults, and the real `openai` SDK.
+The app is the `endpoint` fixture of conftest.py, shared with the other serve test modules."""
 
 from __future__ import annotations
 
@@ -13,49 +14,9 @@ pytest.importorskip("vllm", reason="the serve tests need vLLM: `make cpu` instal
 pytestmark = pytest.mark.slow
 
 import openai  # noqa: E402
-from ray import serve  # noqa: E402
 
-from backends import SecretRef  # noqa: E402
-from routeray.demo.config import STRONG_MODEL, WEAK_MODEL, demo_config, free_port  # noqa: E402
-from routeray.demo.strong_standin import StrongStandin  # noqa: E402
-from routeray.demo.tiny_model import build_tiny_model  # noqa: E402
-from serve_app.app import build  # noqa: E402
-from serve_app.config import AuthConfig  # noqa: E402
-
-KEY = "test-client-key-123"
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
-    import ray
-
-    monkeypatch_module.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    root = tmp_path_factory.mktemp("serve")
-    model_dir = build_tiny_model(root / "tiny-model")
-    keys = root / "keys"
-    keys.write_text(f"other-key\n{KEY}\n")
-    standin = StrongStandin()
-    standin.start()
-    port = free_port()
-    config = demo_config(model_dir, standin.base_url, port)
-    config.auth = AuthConfig(api_keys=SecretRef(file=str(keys)))
-    config.max_body_bytes = 64 * 1024
-    config.strong.max_retries = 1
-    config.strong.backoff_initial_s = config.strong.backoff_max_s = 0.05
-    metrics_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build(config), name="routeray", route_prefix="/")
-    yield f"http://127.0.0.1:{port}/v1", standin, metrics_port
-    serve.shutdown()
-    ray.shutdown()
-    standin.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+from routeray.demo.config import STRONG_MODEL, WEAK_MODEL  # noqa: E402
+from tests.serve_app.conftest import KEY  # noqa: E402
 
 
 @pytest.fixture()
@@ -79,6 +40,16 @@ def test_threshold_zero_routes_strong_and_one_routes_weak(client):
     body = weak.parse()
     assert body.model == WEAK_MODEL
     assert body.usage.completion_tokens <= 8
+
+
+def test_the_fast_tier_is_served_by_name(client):
+    """router-fast scores with its own router: same prompt, another score than router-gap."""
+    text = "Prove that every bounded monotone sequence of real numbers converges."
+    fast = ask(client, "router-fast", text)
+    gap = ask(client, "router-gap", text)
+    assert fast.headers["x-routeray-score"] != gap.headers["x-routeray-score"]
+    assert fast.headers["x-routeray-threshold"] != gap.headers["x-routeray-threshold"]
+    assert ask(client, "router-fast-0.0", text).headers["x-routeray-route"] == "strong"
 
 
 def test_router_names_and_aliases_use_the_calibrated_threshold(client):
@@ -193,7 +164,7 @@ def test_models_and_health(endpoint):
     base = endpoint[0]
     models = httpx.get(f"{base}/models", headers={"authorization": f"Bearer {KEY}"}).json()
     ids = {m["id"] for m in models["data"]}
-    assert {"router-gap", "router-default", STRONG_MODEL, WEAK_MODEL} <= ids
+    assert {"router-gap", "router-default", "router-fast", STRONG_MODEL, WEAK_MODEL} <= ids
     assert httpx.get(base.removesuffix("/v1") + "/health").json() == {"status": "ok"}
 
 

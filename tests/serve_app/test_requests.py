@@ -7,7 +7,14 @@ import json
 import pytest
 
 from serve_app.errors import APIError
-from serve_app.requests import Target, parse_chat_request, resolve_model, routing_text
+from serve_app.requests import (
+    Target,
+    parse_chat_request,
+    parse_route_request,
+    resolve_model,
+    resolve_router,
+    routing_text,
+)
 
 THRESHOLDS = {"gap": 0.4, "default": 0.4, "gap-large": 0.7}
 
@@ -88,3 +95,54 @@ def test_parse_errors_are_400_with_the_param(raw, param):
     assert info.value.status == 400
     if param:
         assert info.value.param.startswith(param)
+
+
+def test_route_request_chat_body_or_prompts():
+    chat = {
+        "model": "router-gap",
+        "stream": True,
+        "messages": [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "second"},
+        ],
+    }
+    raw = json.dumps(chat).encode()
+    assert parse_route_request(raw, "last_user", 4) == ("router-gap", ["second"])
+    assert parse_route_request(raw, "conversation", 4)[1] == [
+        "user: first\n\nassistant: ok\n\nuser: second"
+    ]
+    prompts = json.dumps({"model": "router-gap-0.3", "prompts": ["a", "b c"], "user": "u1"})
+    assert parse_route_request(prompts.encode(), "last_user", 2) == ("router-gap-0.3", ["a", "b c"])
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "router-gap"}, "messages"),
+        ({"model": "router-gap", "prompts": ["a"], "messages": []}, "prompts"),
+        ({"model": "router-gap", "prompts": "a"}, "prompts"),
+        ({"model": "router-gap", "prompts": []}, "prompts"),
+        ({"model": "router-gap", "prompts": ["a", 1]}, "prompts.1"),
+        ({"model": "router-gap", "prompts": ["a", None]}, "prompts.1"),
+        ({"model": "router-gap", "prompts": ["a", " "]}, "prompts.1"),
+        ({"model": "router-gap", "prompts": ["a", "b", "c"]}, "prompts"),
+        ({"prompts": ["a"]}, "model"),
+        ({"model": "router-gap", "messages": [{"role": "system", "content": "x"}]}, "messages"),
+    ],
+)
+def test_route_request_errors_are_400_with_the_param(body, param):
+    with pytest.raises(APIError) as info:
+        parse_route_request(json.dumps(body).encode(), "last_user", 2)
+    assert info.value.status == 400 and info.value.param == param
+
+
+def test_route_needs_a_router_model():
+    assert resolve_router("router-gap-0.2", THRESHOLDS, "big", "small") == Target("gap", 0.2, None)
+    with pytest.raises(APIError) as info:
+        resolve_router("small", THRESHOLDS, "big", "small")
+    assert info.value.status == 400 and info.value.param == "model"
+    assert "router-default, router-gap, router-gap-large" in info.value.message
+    with pytest.raises(APIError) as info:
+        resolve_router("gpt-9", THRESHOLDS, "big", "small")
+    assert info.value.status == 404

