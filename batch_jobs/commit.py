@@ -11,7 +11,8 @@ only the files without one.
 
 `_JOB.json` records the job's settings; a rerun with different settings refuses to mix its
 rows with the old ones unless told to overwrite. Each output carries its own totals in its
-Parquet metadata, so the summary never rereads the rows.
+Parquet metadata, so the summary never rereads the rows. The summary's totals cover every
+output file, those of earlier runs included; its throughput (`RunTiming`) covers this run only.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -177,18 +180,49 @@ class CommitSink(Datasink):
         return written
 
 
+@dataclass(frozen=True)
+class RunTiming:
+    """What one run of a job processed and how long that took (see `run_files`).
+
+    A resumed run skips the files an earlier run published: their rows count in the summary's
+    totals but not here, so `rows_per_s` is this run's rate, never inflated by old work.
+    """
+
+    rows: int
+    files: int
+    elapsed_s: float
+
+    def summary(self) -> dict[str, Any]:
+        """The summary's throughput fields; no rate when this run had no rows to process."""
+        elapsed = round(self.elapsed_s, 3)
+        return {
+            "rows_processed": self.rows,
+            "files_processed": self.files,
+            "elapsed_s": elapsed,
+            "rows_per_s": round(self.rows / elapsed, 2) if self.rows and elapsed else None,
+        }
+
+
 def run_files(
     files: list[InputFile],
     output: Location,
     transform: Callable[[Any], Any],
     stats: StatsFn,
     empty_result: Callable[[pa.Table], pa.Table],
-) -> dict[str, float]:
-    """Process every input file without a published output; return totals over all of them."""
+) -> tuple[dict[str, float], RunTiming]:
+    """Process every input file without a published output; return totals over all of them
+    and what this run processed, in how long."""
     import ray
 
+    # Timed: from here (Ray is up, the inputs are listed, the job's settings and threshold are
+    # settled) until the last pending file is published. That is reading the rows, starting
+    # the pipeline's actors (a router or model load included), processing and committing.
+    # Not timed: starting Ray or connecting to it, listing inputs and reading their footers,
+    # calibrating a threshold, writing a label sample, and adding up the totals afterwards.
+    started = time.perf_counter()
     done = published(output)
     pending = [f for f in files if f.relative not in done]
+    rows, count = sum(f.num_rows for f in pending), len(pending)
     _clear_leftovers(output)
     if len(done):
         logger.info("%d of %d files already done", len(files) - len(pending), len(files))
@@ -211,9 +245,10 @@ def run_files(
         dataset.write_datasink(
             CommitSink(output, tracker, stats), ray_remote_args={"num_cpus": WRITE_CPUS}
         )
+    elapsed = time.perf_counter() - started
     ray.kill(tracker)
     _clear_leftovers(output)
-    return summed_stats(output, files)
+    return summed_stats(output, files), RunTiming(rows, count, elapsed)
 
 
 def summed_stats(output: Location, files: list[InputFile]) -> dict[str, float]:

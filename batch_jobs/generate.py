@@ -248,7 +248,7 @@ def run(
             table = route_table(None, table, threshold or 0.0, prompt_column, config.prices)
         return with_answer_columns(table)
 
-    totals = run_files(files, output, pipeline, GenerateStats(config.prices), empty)
-    summary = summarize(totals, output_path)
+    totals, timing = run_files(files, output, pipeline, GenerateStats(config.prices), empty)
+    summary = summarize(totals, output_path) | timing.summary()
     output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -366,7 +366,7 @@ def run(
     def empty(table: pa.Table) -> pa.Table:
         return prepare_rows(table, prompt_column, configured)
 
-    totals = run_files(files, output, pipeline, LabelStats(), empty)
-    summary = summarize(totals, config, estimate, output_path)
+    totals, timing = run_files(files, output, pipeline, LabelStats(), empty)
+    summary = summarize(totals, config, estimate, output_path) | timing.summary()
     output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

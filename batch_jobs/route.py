@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ class RouteBatch:
         if threads:
             import torch
 
-            # A fractional-CPU actor must not start one torch thread per core of the node.
+            # A fractional-CPU actor must not start one torch thread per core of the node, nor
+            # one tokenizer (Rust) thread per core: those pools oversubscribe a small node.
             torch.set_num_threads(threads)
+            os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
         self.router = load_router(router_dir, **(load_options or {}))
         self.threshold = threshold
         self.prompt_column = prompt_column
@@ -244,7 +247,7 @@ def run(
     def empty(table: pa.Table) -> pa.Table:
         return route_table(None, table, cutoff, prompt_column, prices)
 
-    totals = run_files(files, output, route, RouteStats(prompt_column, prices), empty)
-    summary = summarize(totals, cutoff, output_path)
+    totals, timing = run_files(files, output, route, RouteStats(prompt_column, prices), empty)
+    summary = summarize(totals, cutoff, output_path) | timing.summary()
     output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,19 +1,48 @@
-"""Prompts/s of batched `score` against a one-prompt-at-a-time loop of the same router, and
-against an MF router's batched `score`.
+"""Prompts/s of batched `score` for one or more routers, against a one-prompt-at-a-time loop of
+the same router and against an MF router's batched `score`; on a CPU or a GPU.
 
 The loop is how the paper's server calls its router (one prompt per request). The MF router is
 the speed floor the default router is held to (at least half of MF's prompts/s): embedding plus
 one dot product; its weights are random, which does not change its speed. All runs use the
-same generated prompts of mixed length, in one process.
+same prompts of mixed length, in one process, with no embedding cache.
 
-    .venv/bin/python -m bench.score_speed [--router DIR] [--n 2000]
+    .venv/bin/python -m bench.score_speed [--router NAME_OR_DIR ...] [--rows 2000]
+    # on a GPU host: a million prompts per router in half precision, large batches
+    .venv/bin/python -m bench.score_speed --router default --rows 1000000 --device cuda \\
+        --dtype float16 --batch-rows 1024 --batch-tokens 131072 --call-size 100000 \\
+        --loop-rows 0 --no-mf
+
+- `--router` (repeatable): a shipped name (`default`, ...) or a router directory.
+- Prompts: `--unique` distinct generated prompts (seed `--seed`), or the `prompt` column of
+  `--prompts FILE.parquet`, repeated in order up to `--rows`. Generating is slow (about 2 ms a
+  prompt), so a large run repeats a smaller set; nothing caches embeddings, so a repeat costs
+  what a new prompt does.
+- `--device`, `--dtype`, `--batch-rows`, `--batch-tokens` go to the router as load options
+  where its kind takes them (`device`, `dtype`, `bf16`, `max_batch_size`, `batch_tokens`; see
+  each kind's `*LoadOptions`; a causal LM keeps its own `batch_size`). A router that embeds
+  with the shared sentence-transformers embedder and has no such option (quality_gap, mf,
+  sw_ranking) gets them applied to that embedder by this script instead: moved to the device,
+  cast to the dtype, its batch limits raised. What was applied is printed. A static
+  (model2vec) embedder runs in numpy on the CPU whatever the device.
+- Timing: `load` is loading the router and scoring 16 prompts (which loads the model); then
+  `--rows` prompts are scored in calls of `--call-size` (default: one call), timed alone.
+- Peak RSS is the process's (`ru_maxrss`): with several routers it is the largest so far, so
+  give one `--router` per process for one router's figure. On CUDA, peak GPU memory is per
+  router.
+- Each router ends with one `RESULT {json}` line; `--json FILE` writes those as a list.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)  # measure the model, not a cache
 
@@ -22,45 +51,229 @@ import torch
 
 from bench.timing import timed
 from routeray.demo.prompts import generate_prompts
-from routers import default_router_dir, load_router
+from routers import load_router, read_config, router_class, router_path
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.kinds.mf import MFNet, MFRouter
+from routers.text.embedders import CachedEmbedder, Embedder
+
+HALF = ("float16", "bfloat16")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--router", default=str(default_router_dir()))
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
-    router = load_router(args.router)
-    prompts = generate_prompts(args.n, seed=args.seed)
-    words = np.array([len(p.split()) for p in prompts])
+
+def bench_prompts(rows: int, unique: int | None, seed: int, path: str | None) -> list[str]:
+    """`rows` prompts: the distinct ones (generated or read), repeated in order."""
+    if path:
+        import pyarrow.parquet as pq
+
+        distinct = [p for p in pq.read_table(path, columns=["prompt"]).column(0).to_pylist() if p]
+        distinct = distinct[:unique] if unique else distinct
+    else:
+        distinct = generate_prompts(min(rows, unique or 20_000), seed=seed)
+    if not distinct:
+        raise SystemExit("no prompts to score")
+    repeats = -(-rows // len(distinct))
+    return (distinct * repeats)[:rows]
+
+
+def load_options(
+    kind: type, device: str | None, dtype: str | None, batch_rows: int | None, tokens: int | None
+) -> dict[str, Any]:
+    """The bench settings a router kind takes as load options."""
+    fields = kind.load_options.model_fields
+    wanted: dict[str, Any] = {
+        "device": device,
+        "dtype": dtype,
+        # BERT's only precision option: bf16 autocast on a GPU.
+        "bf16": True if dtype in HALF else None,
+        # Encoder batch limits only: a causal LM's `batch_size` (8 by default) stays its own,
+        # since an encoder-sized batch of an 8B model would not fit.
+        "max_batch_size": batch_rows,
+        "batch_tokens": tokens,
+    }
+    return {k: v for k, v in wanted.items() if k in fields and v is not None}
+
+
+def tune_embedder(
+    router: Any,
+    taken: dict[str, Any],
+    device: str | None,
+    dtype: str | None,
+    batch_rows: int | None,
+    tokens: int | None,
+) -> str:
+    """Apply what the kind's load options did not take to the router's shared embedder (loading
+    it); return a description of the embedder as it will run."""
+    if not hasattr(type(router), "embedder"):
+        return "no shared embedder"
+    embedder = router.embedder
+    if isinstance(embedder, CachedEmbedder):
+        embedder = embedder.embedder
+    if not isinstance(embedder, Embedder):
+        size = getattr(embedder, "batch_size", None)
+        if batch_rows and size is not None and "batch_size" not in taken:
+            embedder.batch_size = batch_rows
+        return f"{type(embedder).__name__} {embedder.name} (numpy on the CPU), batch {size}"
+    if device and "device" not in taken:
+        embedder.model.to(device)
+    if dtype and "dtype" not in taken:
+        embedder.model.to(getattr(torch, dtype))
+    if batch_rows and "max_batch_size" not in taken:
+        embedder.max_batch_size = batch_rows
+    if tokens and "batch_tokens" not in taken:
+        embedder.batch_tokens = tokens
+    weights = next(embedder.model.parameters()).dtype
+    return (
+        f"sentence-transformers {embedder.name} on {embedder.device}, "
+        f"{str(weights).removeprefix('torch.')}, batches of at most {embedder.max_batch_size} "
+        f"prompts / {embedder.batch_tokens} padded tokens"
+    )
+
+
+def score_in_calls(router: Any, prompts: Sequence[str], call_size: int | None) -> np.ndarray:
+    size = call_size or len(prompts)
+    return np.concatenate(
+        [router.score(prompts[i : i + size]) for i in range(0, len(prompts), size)]
+    )
+
+
+def cuda_peak_reset() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def cuda_peak_mib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def measure(name: str, args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
+    directory = router_path(name)
+    kind = router_class(str(read_config(directory)["router"]))
+    settings = (args.device, args.dtype, args.batch_rows, args.batch_tokens)
+    options = load_options(kind, *settings)
+    cuda_peak_reset()
+
+    def load() -> tuple[Any, str]:
+        router = load_router(directory, **options)
+        embedder = tune_embedder(router, options, *settings)
+        router.score(prompts[:16])  # the model loads on first use; warm up before timing
+        return router, embedder
+
+    (router, embedder), load_s = timed(load)
+    print(f"router {name} ({directory}, kind {kind.kind})", flush=True)
+    print(f"  load options:       {options or 'none'}")
+    print(f"  embedder:           {embedder}")
+    print(f"  load + warm-up:     {load_s:8.1f} s", flush=True)
+    batched, batched_s = timed(score_in_calls, router, prompts, args.call_size)
+    calls = f"calls of {args.call_size}" if args.call_size else "one call"
+    print(
+        f"  batched score:      {len(prompts) / batched_s:8.1f} prompts/s "
+        f"({len(prompts)} prompts, {batched_s:.1f} s, {calls})",
+        flush=True,
+    )
+    result: dict[str, Any] = {
+        "router": name,
+        "kind": kind.kind,
+        "rows": len(prompts),
+        "device": args.device or "as loaded",
+        "dtype": args.dtype or "as loaded",
+        "load_options": options,
+        "embedder": embedder,
+        "load_s": round(load_s, 3),
+        "score_s": round(batched_s, 3),
+        "prompts_per_s": round(len(prompts) / batched_s, 1),
+    }
+    loop_rows = min(len(prompts), args.loop_rows)
+    if loop_rows:
+        looped = prompts[:loop_rows]
+        single, single_s = timed(lambda: np.concatenate([router.score([p]) for p in looped]))
+        ratio = (len(prompts) / batched_s) / (loop_rows / single_s)
+        print(f"  one at a time:      {loop_rows / single_s:8.1f} prompts/s ({single_s:.1f} s)")
+        print(f"  ratio batched/loop: {ratio:8.2f}x")
+        difference = float(np.abs(batched[:loop_rows] - single).max())
+        print(f"  max |batched - single| score difference: {difference:.2e}")
+        result |= {"loop_prompts_per_s": round(loop_rows / single_s, 1), "max_diff": difference}
+    result["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    gpu = cuda_peak_mib()
+    print(
+        f"  peak RSS:           {result['peak_rss_mib']:8.0f} MiB (this process so far)"
+        + (f"; peak GPU memory {gpu:.0f} MiB" if gpu is not None else ""),
+        flush=True,
+    )
+    if gpu is not None:
+        result["peak_gpu_mib"] = round(gpu, 1)
+    return result
+
+
+def mf_reference(args: argparse.Namespace, prompts: list[str]) -> float:
+    """Prompts/s of an MF router with random weights over the default embedder."""
     mf = MFRouter(MFNet(2, 384, 64), [STRONG_MODEL, WEAK_MODEL])
-    router.score(prompts[:16])  # load the model and warm up before timing
+    tune_embedder(mf, {}, args.device, args.dtype, args.batch_rows, args.batch_tokens)
     mf.score(prompts[:16])
+    _, mf_s = timed(score_in_calls, mf, prompts, args.call_size)
+    print(f"MF batched score:     {len(prompts) / mf_s:8.1f} prompts/s ({mf_s:.1f} s)")
+    return len(prompts) / mf_s
 
-    _, mf_s = timed(mf.score, prompts)
-    batched, batched_s = timed(router.score, prompts)
-    single, single_s = timed(lambda: np.concatenate([router.score([p]) for p in prompts]))
 
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-        f"{torch.get_num_threads()}"
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    print(f"router: {args.router}")
-    print(
-        f"prompts: {args.n} generated (seed {args.seed}), words min/median/max "
-        f"{words.min()}/{int(np.median(words))}/{words.max()}"
+    parser.add_argument("--router", action="append", help="shipped name or directory; repeat")
+    parser.add_argument("--rows", "--n", dest="rows", type=int, default=2000)
+    parser.add_argument("--unique", type=int, help="distinct prompts (default min(rows, 20000))")
+    parser.add_argument("--prompts", help="Parquet file whose `prompt` column to score")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: as the router loads)")
+    parser.add_argument("--dtype", choices=["float32", *HALF], help="default: as loaded")
+    parser.add_argument("--batch-rows", type=int, help="prompts per forward pass at most")
+    parser.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass at most")
+    parser.add_argument("--call-size", type=int, help="prompts per score() call (default: all)")
+    parser.add_argument("--loop-rows", type=int, default=2000, help="0: no one-at-a-time loop")
+    parser.add_argument("--no-mf", action="store_true", help="skip the random-weight MF run")
+    parser.add_argument("--json", help="write the RESULT records to this file")
+    args = parser.parse_args(argv)
+
+    prompts = bench_prompts(args.rows, args.unique, args.seed, args.prompts)
+    words = np.array([len(p.split()) for p in prompts])
+    cuda = (
+        f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+        if torch.cuda.is_available()
+        else "none"
     )
-    print(f"batched score:      {args.n / batched_s:8.1f} prompts/s ({batched_s:.1f} s)")
-    print(f"one at a time:      {args.n / single_s:8.1f} prompts/s ({single_s:.1f} s)")
-    print(f"ratio batched/loop: {single_s / batched_s:8.2f}x")
-    print(f"MF batched score:   {args.n / mf_s:8.1f} prompts/s ({mf_s:.1f} s)")
-    print(f"ratio router/MF:    {mf_s / batched_s:8.2f} (target >= 0.5)")
-    print(f"max |batched - single| score difference: {np.abs(batched - single).max():.2e}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"torch threads {torch.get_num_threads()}, CUDA: {cuda}"
+    )
+    source = args.prompts or f"generated (seed {args.seed})"
+    print(
+        f"prompts: {len(prompts)} ({len(set(prompts))} distinct, {source}), words "
+        f"min/median/max {words.min()}/{int(np.median(words))}/{words.max()}",
+        flush=True,
+    )
+    results, failed = [], []
+    for name in args.router or ["default"]:
+        try:
+            results.append(measure(name, args, prompts))
+        except Exception as exc:  # one router that cannot run must not hide the others
+            print(f"router {name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+            failed.append(name)
+    if not args.no_mf and results:
+        mf_rate = mf_reference(args, prompts)
+        for result in results:
+            ratio = result["prompts_per_s"] / mf_rate
+            result["ratio_to_mf"] = round(ratio, 3)
+            print(f"ratio {result['router']}/MF: {ratio:8.2f} (target >= 0.5)")
+    for result in results:
+        print("RESULT " + json.dumps(result), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

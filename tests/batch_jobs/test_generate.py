@@ -24,6 +24,7 @@ from routeray.demo.strong_standin import StrongStandin
 from routeray.demo.tiny_model import build_tiny_model
 from routers.checkpoint import load_router
 from routers.prices import Prices
+from tests.batch_jobs.throughput import assert_throughput
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +145,4 @@ def test_generate_answers_every_row_once(
     assert summary["answered_strong"] + summary["answered_weak"] == 38
     assert summary["cost_usd"] == pytest.approx(table["cost_usd"].sum())
     assert summary["cost_usd"] < summary["all_strong_cost_usd"]
+    assert_throughput(summary, rows=40, files=2)

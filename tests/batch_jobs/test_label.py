@@ -38,6 +38,7 @@ from batch_jobs.storage import locate, s3_filesystem
 from routeray.cli import app
 from routeray.demo.strong_standin import StrongStandin, answer_for
 from routers.data.user_labels import read_user_labels
+from tests.batch_jobs.throughput import assert_throughput
 from tests.support.jobs import kill_midway, published
 
 STRONG, WEAK, JUDGE = "standin-strong", "standin-weak", "standin-judge"
@@ -363,6 +364,7 @@ def test_pairwise_labels_equal_a_hand_computation(
     assert summary["winners"] == {"strong": 2, "weak": 2, "tie": 3}
     assert summary["mean_strong_score"] == pytest.approx(3.5 / 7)
     assert summary["cost_usd"]["total"] == pytest.approx(rows["cost_usd"].sum())
+    assert_throughput(summary, rows=10, files=2)
     assert summary["cost_usd"]["judge"] == pytest.approx(sum(judge_cost.values()))
 
 
@@ -506,6 +508,7 @@ def test_killed_sample_job_reruns_to_every_sampled_prompt_exactly_once(
     # The rerun judged only the rows of files the kill left unpublished, once each.
     done_rows = sum(len(plan.rows[key.split("/", 1)[1]]) for key in done_before)
     assert len(judge_bodies(strong)) == 2 * (sample - done_rows)
+    assert_throughput(summary, rows=sample - done_rows, files=files - len(done_before))
     after = published(local_s3, bucket)
     assert len(after) == files and all(after[k] == stamp for k, stamp in done_before.items())
     # The sample's hidden inputs stay beside the results, out of every reader's way.

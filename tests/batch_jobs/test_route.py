@@ -15,6 +15,7 @@ from batch_jobs.route import run
 from routeray.demo.prompts import generate_prompts
 from routers.checkpoint import load_router
 from routers.prices import Prices
+from tests.batch_jobs.throughput import assert_throughput, without_timing
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +59,14 @@ def test_route_job_routes_every_row_once(local_ray, tmp_path: Path, tiny_router_
     assert (written["rows"], written["errors"]) == (120, 2)
     assert written["strong"] + written["weak"] == 118
     assert written["estimated_cost_usd"] < written["all_strong_cost_usd"]
+    assert_throughput(written, rows=120, files=2)
 
-    # The same job again finds every file published: nothing is redone or repeated.
+    # The same job again finds every file published: nothing is redone or repeated. The totals
+    # cover the whole output; the throughput, only what this run did (nothing).
     again = run(str(source), str(out), router=str(tiny_router_dir), strong_pct=0.5, batch_size=32)
     assert pq.read_table(out).num_rows == 120
-    assert again == summary
+    assert without_timing(again) == without_timing(summary)
+    assert_throughput(again, rows=0, files=0)
 
     # Other settings would mix two jobs' rows in one output: refused unless told to overwrite.
     with pytest.raises(JobConflict, match="threshold"):
@@ -70,6 +74,7 @@ def test_route_job_routes_every_row_once(local_ray, tmp_path: Path, tiny_router_
     fresh = run(str(source), str(out), router=str(tiny_router_dir), threshold=0.9, overwrite=True)
     assert pq.read_table(out).num_rows == 120
     assert fresh["threshold"] == 0.9 and fresh["strong"] + fresh["weak"] == 118
+    assert_throughput(fresh, rows=120, files=2)
 
 
 def test_route_job_rejects_a_bad_threshold(local_ray, tmp_path: Path, tiny_router_dir: Path):

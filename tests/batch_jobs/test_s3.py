@@ -19,6 +19,7 @@ from batch_jobs.storage import s3_filesystem
 from routeray.cli import app
 from routeray.demo.prompts import generate_prompts
 from routers.prompts import MAX_PROMPT_CHARS
+from tests.batch_jobs.throughput import assert_throughput
 from tests.support.jobs import kill_midway, published
 
 pytestmark = pytest.mark.slow
@@ -96,6 +97,7 @@ def test_cli_routes_s3_to_s3_with_bad_rows(
     assert (summary["rows"], summary["errors"]) == (93, 2)
     assert summary["strong"] + summary["weak"] == 91
     assert summary["strong_share"] == pytest.approx(0.3, abs=0.08)
+    assert_throughput(summary, rows=93, files=5)
 
 
 def test_bad_files_stop_the_job_naming_file_and_column(local_ray, local_s3, tiny_router_dir: Path):
@@ -146,6 +148,10 @@ def test_killed_job_reruns_to_every_row_exactly_once(local_ray, local_s3, tiny_r
     assert sorted(table["id"]) == list(range(files * rows))
     assert summary["rows"] == files * rows
     assert len(published(local_s3, bucket)) == files
+    # The rate is this run's: only the rows of files the kill left unpublished.
+    assert_throughput(
+        summary, rows=(files - len(done_before)) * rows, files=files - len(done_before)
+    )
     # Files finished before the kill were kept, not redone.
     after = published(local_s3, bucket)
     assert all(after[key] == stamp for key, stamp in done_before.items())
