@@ -4,6 +4,8 @@ strong-API stand-in with faults, client keys."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 KEY = "test-client-key-123"
@@ -52,3 +54,13 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
 def serve_env():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
+
+
+def ray_logs_containing(text: str) -> list[str]:
+    """Names of this Ray session's log files that contain `text` (prompt-privacy checks)."""
+    logs = Path("/tmp/ray/session_latest/logs")
+    return [
+        p.name
+        for p in logs.rglob("*")
+        if p.is_file() and p.stat().st_size < 50_000_000 and text in p.read_text(errors="ignore")
+    ]

@@ -5,7 +5,6 @@ The app is the `endpoint` fixture of conftest.py, shared with the other serve te
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.slow
 import openai  # noqa: E402
 
 from routeray.demo.config import STRONG_MODEL, WEAK_MODEL  # noqa: E402
-from tests.serve_app.conftest import KEY  # noqa: E402
+from tests.serve_app.conftest import KEY, ray_logs_containing  # noqa: E402
 
 
 @pytest.fixture()
@@ -313,10 +312,4 @@ def test_metrics_are_exported_through_ray(endpoint, client):
 def test_prompts_are_not_logged(endpoint, client):
     secret = "purple-elephant-7731"
     ask(client, "router-gap-0.0", f"my secret is {secret}")
-    logs = Path("/tmp/ray/session_latest/logs")
-    leaked = [
-        p.name
-        for p in logs.rglob("*")
-        if p.is_file() and p.stat().st_size < 50_000_000 and secret in p.read_text(errors="ignore")
-    ]
-    assert leaked == []
+    assert ray_logs_containing(secret) == []
