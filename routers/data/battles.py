@@ -134,10 +134,7 @@ def load_battles(
     if unknown:
         raise ValueError(f"unknown training sources: {sorted(unknown)}")
     battles = pd.concat(parts, ignore_index=True)[BATTLE_COLUMNS]
-    exclude_prompts = list(exclude_prompts)
-    if eval_dir is not None or exclude_prompts:
-        eval_path = Path(eval_dir) if eval_dir is not None else None
-        battles = decontaminate(battles, eval_path, also=exclude_prompts)
+    battles = decontaminate(battles, eval_dir, also=exclude_prompts)
     for source, weight in (source_weights or {}).items():
         battles.loc[battles["source"] == source, "weight"] = float(weight)
     counts = battles["source"].value_counts()

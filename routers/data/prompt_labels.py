@@ -174,10 +174,7 @@ def load_prompt_labels(
         [mmlu_pro_labels(data_dir), arena_labels(data_dir), alpaca_labels(data_dir)],
         ignore_index=True,
     )
-    exclude_prompts = list(exclude_prompts)
-    if eval_dir is not None or exclude_prompts:
-        eval_path = Path(eval_dir) if eval_dir is not None else None
-        frame = decontaminate(frame, eval_path, rows="labelled prompts", also=exclude_prompts)
+    frame = decontaminate(frame, eval_dir, rows="labelled prompts", also=exclude_prompts)
     logger.info(
         "prompt labels: " + ", ".join(f"{s} {n}" for s, n in frame["source"].value_counts().items())
     )

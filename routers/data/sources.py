@@ -48,15 +48,18 @@ def eval_prompts(eval_dir: Path) -> set[str]:
 
 def decontaminate(
     battles: pd.DataFrame,
-    eval_dir: Path | None,
+    eval_dir: str | Path | None,
     rows: str = "battles",
     also: Iterable[str] = (),
 ) -> pd.DataFrame:
     """Drop rows (battles, or whatever `rows` names) whose prompt equals an eval prompt after
-    whitespace and case folding: the prompts under `eval_dir` and those in `also` (a user's
-    own evaluation set); any frame with `prompt` and `source` columns will do."""
-    banned = eval_prompts(eval_dir) if eval_dir is not None else set()
+    whitespace and case folding: the prompts under `eval_dir` (None: none) and those in `also`
+    (a user's own evaluation set); any frame with `prompt` and `source` columns will do. With
+    nothing to drop against, the frame is returned as it is."""
+    banned = eval_prompts(Path(eval_dir)) if eval_dir is not None else set()
     banned |= {fold_text(p) for p in also}
+    if not banned:
+        return battles
     folded = battles["prompt"].map(fold_text)
     hit = folded.isin(banned)
     for source, count in (

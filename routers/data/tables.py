@@ -60,10 +60,9 @@ def training_table(
         )
     if extra_weight < 0:
         raise ValueError(f"the extra data's weight must be >= 0, got {extra_weight}")
-    eval_path = Path(eval_dir) if eval_dir is not None else None
     for name, labels in extra:
         rows = golden_table(cls, labels, name, extra_weight)
-        parts.append(decontaminate(rows, eval_path, rows="labelled rows", also=exclude_prompts))
+        parts.append(decontaminate(rows, eval_dir, rows="labelled rows", also=exclude_prompts))
     if not parts:
         raise ValueError("nothing to train on: give the shared training data or extra data")
     return pd.concat(parts, ignore_index=True)
