@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 from batch_jobs.commit import SUMMARY_FILE, WRITE_CPUS, open_job, record_job, run_files
 from batch_jobs.inputs import READ_CPUS, InputFile, calibration_sample, inspect_inputs
 from batch_jobs.storage import locate
+from routers import cap_threads
 from routers.checkpoint import CONFIG_FILE, load_router
 from routers.prices import Prices, estimate_tokens
 from routers.prompts import SCORE_COLUMN, score_table
@@ -46,12 +46,7 @@ class RouteBatch:
         load_options: dict[str, Any] | None = None,
     ) -> None:
         if threads:
-            import torch
-
-            # A fractional-CPU actor must not start one torch thread per core of the node, nor
-            # one tokenizer (Rust) thread per core: those pools oversubscribe a small node.
-            torch.set_num_threads(threads)
-            os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+            cap_threads(threads)
         self.router = load_router(router_dir, **(load_options or {}))
         self.threshold = threshold
         self.prompt_column = prompt_column

@@ -21,6 +21,7 @@ import pyarrow as pa
 from batch_jobs.inputs import READ_CPUS, inspect_inputs, read_units, work_units
 from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, call_size
 from batch_jobs.storage import Location, locate
+from routers import cap_threads
 from routers.checkpoint import load_router
 from routers.evaluation.calibration import thresholds_for_shares
 from routers.evaluation.simulation import (
@@ -60,9 +61,7 @@ class ScoreRouters:
         threads: int,
         load_options: dict[str, Any] | None = None,
     ) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
+        cap_threads(threads)
         options = load_options or {}
         self.routers = {name: load_router(path, **options) for name, path in routers.items()}
         self.prompt_column = prompt_column

@@ -3,7 +3,8 @@
 No Ray, no HTTP. Everything outside this package uses only what is named here: a router
 scores prompts (`Router.score`, `route`), lives in a directory (`load_router`, `save_router`,
 `read_config`) or ships by name (`SHIPPED`, `router_path`), routes at a threshold decided by
-one rule (`resolve_threshold`) and is one of the kinds in `ROUTERS`. Importing the package
+one rule (`resolve_threshold`) and is one of the kinds in `ROUTERS`; a worker with a share of
+the CPUs caps its threads with `cap_threads`. Importing the package
 loads no model; a router kind's module is imported when a router of that kind is loaded or
 trained.
 """
@@ -14,6 +15,7 @@ from routers.prompts import prompt_error, score_table
 from routers.protocol import BaseRouter, LoadOptions, OptionError, Router, route
 from routers.registry import ROUTERS, router_class
 from routers.shipped import SHIPPED, default_router_dir, router_path
+from routers.text.hf import cap_threads
 from routers.thresholds import ThresholdError, resolve_threshold
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "Prices",
     "Router",
     "ThresholdError",
+    "cap_threads",
     "default_router_dir",
     "estimate_tokens",
     "load_router",

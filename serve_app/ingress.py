@@ -27,6 +27,7 @@ from serve_app.requests import (
     parse_route_request,
     resolve_model,
     resolve_router,
+    router_models,
     routing_text,
 )
 
@@ -303,7 +304,7 @@ class Ingress:
 
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
-        names = [f"router-{n}" for n in sorted(await self.thresholds())]
+        names = router_models(await self.thresholds())
         names += [self.models["strong"], self.models["weak"]]
         now = int(time.time())
         return {

@@ -121,6 +121,11 @@ def routing_text(request: ChatRequest, route_on: str) -> str:
 _ROUTER_MODEL = re.compile(r"^router-(?P<rest>.+)$")
 
 
+def router_models(thresholds: dict[str, float]) -> list[str]:
+    """The model names that route: `router-<name>` for every router name and alias."""
+    return [f"router-{n}" for n in sorted(thresholds)]
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a request goes: through a router (with a threshold) or straight to a backend."""
@@ -160,7 +165,7 @@ def resolve_model(model: str, thresholds: dict[str, float], strong: str, weak: s
                     param="model",
                 )
             return Target(name, threshold, None)
-        known = ", ".join(f"router-{n}" for n in sorted(thresholds))
+        known = ", ".join(router_models(thresholds))
         raise APIError(
             404,
             f"unknown router in model {model!r}; available: {known}",
@@ -179,7 +184,7 @@ def resolve_router(model: str, thresholds: dict[str, float], strong: str, weak: 
     """Like `resolve_model`, for `POST /v1/route`: only a router model makes a decision."""
     target = resolve_model(model, thresholds, strong, weak)
     if target.router is None:
-        known = ", ".join(f"router-{n}" for n in sorted(thresholds))
+        known = ", ".join(router_models(thresholds))
         raise APIError(
             400,
             f"/v1/route needs a router model, not the backend model {model!r}; available: {known}",

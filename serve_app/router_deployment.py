@@ -7,10 +7,10 @@ import time
 from collections import Counter
 from typing import Any
 
-import torch
 from ray import serve
 from ray.serve import metrics
 
+from routers import cap_threads
 from routers.checkpoint import load_router
 from routers.shipped import router_path
 from routers.thresholds import resolve_threshold
@@ -26,9 +26,7 @@ class RouterDeployment:
         self, routers: list[dict[str, Any]], batching: dict[str, Any], threads: int | None = None
     ) -> None:
         if threads:
-            # On a CPU replica torch would start one thread per core of the machine; beside a
-            # vLLM engine that oversubscribes the cores and spinning threads starve each other.
-            torch.set_num_threads(threads)
+            cap_threads(threads)
         self._routers: dict[str, Any] = {}
         self._thresholds: dict[str, float] = {}
         for spec in routers:

@@ -34,6 +34,17 @@ def require_local_dir(path: str | Path, kind: str) -> str:
     return str(path)
 
 
+def cap_threads(threads: int) -> None:
+    """Score on `threads` threads in this process: torch's pool and the Rust tokenizers' pool
+    (read when the first tokenizer call creates it, so call this before loading a router).
+
+    A worker given a share of a machine's CPUs (a Ray actor, a Serve replica) would otherwise
+    start one thread per core of the whole machine in each pool; beside other workers (a vLLM
+    engine, more actors) the spinning threads starve each other."""
+    torch.set_num_threads(threads)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The named device, or the GPU when there is one and the CPU otherwise."""
     if device is None:

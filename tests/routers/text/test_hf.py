@@ -35,3 +35,19 @@ def test_a_base_model_must_be_a_local_directory(tmp_path):
     assert require_local_dir(tmp_path, "causal_llm") == str(tmp_path)
     with pytest.raises(FileNotFoundError, match="causal_llm loads only local models"):
         require_local_dir("meta-llama/Meta-Llama-3-8B-Instruct", "causal_llm")
+
+
+def test_cap_threads_caps_torch_and_the_tokenizer_pool():
+    """In a fresh process: the caps are process-wide."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch; from routers import cap_threads; cap_threads(1); "
+        "print(torch.get_num_threads(), os.environ['RAYON_NUM_THREADS'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["1", "1"]
