@@ -9,6 +9,7 @@ either: every token of a long prompt counts, the decisive tail included.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -19,9 +20,6 @@ import numpy as np
 from routers.text.hf import offline
 
 MODEL_TYPE = "model2vec"
-# model2vec fans out to a process pool above a threshold of sentences; inside a Ray actor or a
-# Serve replica that would oversubscribe the CPUs the scheduler gave us.
-_NO_POOL = {"use_multiprocessing": False}
 
 
 def is_static_model(path: str | Path | None) -> bool:
@@ -54,8 +52,10 @@ class StaticEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        # model2vec fans out to a process pool above a number of sentences; inside a Ray actor
+        # or a Serve replica that would oversubscribe the CPUs the scheduler gave us.
         vectors = self.model.encode(
-            list(texts), max_length=None, batch_size=self.batch_size, **_NO_POOL
+            list(texts), max_length=None, batch_size=self.batch_size, use_multiprocessing=False
         )
         vectors = np.asarray(vectors, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -63,7 +63,11 @@ class StaticEmbedder:
         return vectors / np.where(norms > 0, norms, 1.0)
 
     def cache_key(self) -> str:
-        return f"static-{self.name}-{self.dim}"
+        # By content, not name: every router carries its table in a directory named
+        # `embedder/`, and two different tables of one size must not share cached vectors.
+        weights = Path(self.model_path) / "model.safetensors"
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        return f"static-{self.dim}-{digest}"
 
 
 def distill_static(
@@ -74,8 +78,8 @@ def distill_static(
     source_name: str | None = None,
 ) -> Path:
     """Distil a static model from the sentence-transformers model at `source` into `output`,
-    its table stored as `dtype` (int8 halves float16's size; prompt vectors stay at cosine
-    0.999 of float16's, see docs/BENCHMARKS.md).
+    its table stored as `dtype` (int8 halves float16's size; what that costs in routing is
+    measured in docs/BENCHMARKS.md).
 
     Runs locally from the encoder's own vocabulary: nothing is downloaded."""
     offline()

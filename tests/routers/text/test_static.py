@@ -102,3 +102,21 @@ def test_shipped_fast_router_loads_by_name_with_its_embedder():
     document = read_config(router_path("fast"))
     assert document["embedder"]["dir"] == "embedder"
     assert 0 < document["metadata"]["default_threshold"] < 1
+
+
+def test_cached_vectors_belong_to_their_own_table(static_dir: Path, tmp_path: Path, monkeypatch):
+    """Every router's table sits in a directory named `embedder/`: two tables of one size must
+    not share a cache file."""
+    from model2vec import StaticModel
+
+    first, second = tmp_path / "a" / "embedder", tmp_path / "b" / "embedder"
+    shutil.copytree(static_dir, first)
+    other = StaticModel.from_pretrained(str(static_dir), force_download=False)
+    other.embedding = np.roll(other.embedding, 1, axis=1)  # another table of the same size
+    other.save_pretrained(str(second))
+    monkeypatch.setenv("ROUTERAY_EMBEDDING_CACHE", str(tmp_path / "cache"))
+    texts = ["Solve 3x + 5 = 20 for x.", "Write a haiku about autumn leaves."]
+    cached_first = get_embedder(str(first)).encode(texts)
+    cached_second = get_embedder(str(second)).encode(texts)
+    np.testing.assert_array_equal(cached_second, StaticEmbedder(second).encode(texts))
+    assert not np.allclose(cached_first, cached_second)
