@@ -49,6 +49,7 @@ import ray
 
 from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, run
 from batch_jobs.storage import s3_filesystem
+from bench.timing import repeated
 from routeray.demo.prompts import generate_prompts
 from routers import read_config, router_path
 from tests.support.local_s3 import LocalS3
@@ -153,10 +154,8 @@ def measure(
     with LocalS3() as s3:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
         bucket = s3.bucket("bench")
-        # Generating costs about 0.5 ms a prompt: past DISTINCT_PROMPTS the list repeats. No
-        # router caches anything, so a repeated prompt costs what a new one does.
-        distinct = generate_prompts(min(most, DISTINCT_PROMPTS), seed=0)
-        prompts = (distinct * -(-most // len(distinct)))[:most]
+        # Past DISTINCT_PROMPTS the list repeats (see `repeated`).
+        prompts = repeated(generate_prompts(min(most, DISTINCT_PROMPTS), seed=0), most)
         for rows in sizes:  # one archive per size: the first `rows` prompts of the same list
             put_archive(s3, bucket, f"in-{rows}", prompts[:rows], args.files, args.row_group_rows)
         pq.write_table(pa.table({"prompt": prompts}), work / "prompts.parquet")

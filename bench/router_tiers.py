@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from bench.timing import peak_rss_mib, timed
 from routers.evaluation.benchmarks import BENCHMARKS, load_benchmark
 from routers.evaluation.metrics import evaluate_scores
 
@@ -37,24 +37,24 @@ def measure(router: str, eval_dir: str, rows: int) -> dict:
     from routers import load_router, read_config
     from routers.shipped import router_path
 
-    started = time.perf_counter()
-    model = load_router(router_path(router))
-    model.score(["warm up"])
-    load_s = time.perf_counter() - started
+    def load() -> Any:
+        model = load_router(router_path(router))
+        model.score(["warm up"])
+        return model
+
+    model, load_s = timed(load)
     scores = {}
     for name in BENCHMARKS:
         df = load_benchmark(name, eval_dir)
         scores[name] = model.score(df["prompt"].tolist()).tolist()
     prompts = generate_prompts(rows, seed=0)
-    started = time.perf_counter()
-    model.score(prompts)
-    seconds = time.perf_counter() - started
+    _, seconds = timed(model.score, prompts)
     held_out = read_config(router_path(router))["config"].get("hyperparameters", {})
     return {
         "scores": scores,
         "load_s": load_s,
         "prompts_per_s": rows / seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "held_out": held_out.get("held_out_apgr_by_source", {}),
     }
 

@@ -14,9 +14,9 @@ same prompts of mixed length, in one process, with no embedding cache.
 
 - `--router` (repeatable): a shipped name (`default`, ...) or a router directory.
 - Prompts: `--unique` distinct generated prompts (seed `--seed`), or the `prompt` column of
-  `--prompts FILE.parquet`, repeated in order up to `--rows`. Generating is slow (about 2 ms a
-  prompt), so a large run repeats a smaller set; nothing caches embeddings, so a repeat costs
-  what a new prompt does.
+  `--prompts FILE.parquet`, repeated in order up to `--rows`. Generating is slow, so a large
+  run repeats a smaller set; nothing caches embeddings, so a repeat costs what a new prompt
+  does.
 - `--device`, `--dtype`, `--batch-rows`, `--batch-tokens` go to the router as load options
   where its kind takes them (`device`, `dtype`, `bf16`, `max_batch_size`, `batch_tokens`; see
   each kind's `*LoadOptions`; a causal LM keeps its own `batch_size`). A router that embeds
@@ -38,8 +38,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ os.environ.pop("ROUTERAY_EMBEDDING_CACHE", None)  # measure the model, not a cac
 import numpy as np
 import torch
 
-from bench.timing import timed
+from bench.timing import peak_rss_mib, repeated, timed
 from routeray.demo.prompts import generate_prompts
 from routers import load_router, read_config, router_class, router_path
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
@@ -57,12 +55,6 @@ from routers.kinds.mf import MFNet, MFRouter
 from routers.text.embedders import CachedEmbedder, Embedder
 
 HALF = ("float16", "bfloat16")
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def bench_prompts(rows: int, unique: int | None, seed: int, path: str | None) -> list[str]:
@@ -76,8 +68,7 @@ def bench_prompts(rows: int, unique: int | None, seed: int, path: str | None) ->
         distinct = generate_prompts(min(rows, unique or 20_000), seed=seed)
     if not distinct:
         raise SystemExit("no prompts to score")
-    repeats = -(-rows // len(distinct))
-    return (distinct * repeats)[:rows]
+    return repeated(distinct, rows)
 
 
 def load_options(
