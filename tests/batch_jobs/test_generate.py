@@ -24,7 +24,7 @@ from routeray.demo.strong_standin import StrongStandin
 from routeray.demo.tiny_model import build_tiny_model
 from routers.checkpoint import load_router
 from routers.prices import Prices
-from tests.batch_jobs.throughput import assert_throughput
+from tests.support.throughput import assert_throughput
 
 pytestmark = pytest.mark.slow
 

@@ -38,8 +38,8 @@ from batch_jobs.storage import locate, s3_filesystem
 from routeray.cli import app
 from routeray.demo.strong_standin import StrongStandin, answer_for
 from routers.data.user_labels import read_user_labels
-from tests.batch_jobs.throughput import assert_throughput
 from tests.support.jobs import kill_midway, published
+from tests.support.throughput import assert_throughput
 
 STRONG, WEAK, JUDGE = "standin-strong", "standin-weak", "standin-judge"
 PRICES = {

@@ -15,7 +15,7 @@ from batch_jobs.route import run
 from routeray.demo.prompts import generate_prompts
 from routers.checkpoint import load_router
 from routers.prices import Prices
-from tests.batch_jobs.throughput import assert_throughput, without_timing
+from tests.support.throughput import assert_throughput, without_timing
 
 pytestmark = pytest.mark.slow
 

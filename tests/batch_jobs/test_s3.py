@@ -19,8 +19,8 @@ from batch_jobs.storage import s3_filesystem
 from routeray.cli import app
 from routeray.demo.prompts import generate_prompts
 from routers.prompts import MAX_PROMPT_CHARS
-from tests.batch_jobs.throughput import assert_throughput
 from tests.support.jobs import kill_midway, published
+from tests.support.throughput import assert_throughput
 
 pytestmark = pytest.mark.slow
 
