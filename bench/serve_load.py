@@ -164,7 +164,7 @@ def main() -> None:
         "--batch-wait-ms",
         type=float,
         default=None,
-        help="the router's batch_wait_timeout_s in ms (default: the config's, 10)",
+        help="the router's batch_wait_timeout_s in ms (default: the config's, 0)",
     )
     args = parser.parse_args()
 

@@ -39,7 +39,10 @@ class RouterSpec(Strict):
 
 class BatchingConfig(Strict):
     max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0)
+    # No wait by default: prompts that queue while a batch is scored still share the next
+    # one, so a saturated replica batches anyway; a wait only delays a replica with spare
+    # time (docs/BENCHMARKS.md). A GPU replica under light load may want a few ms.
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0.0)
 
 
 class RouterDeploymentConfig(Strict):

@@ -14,6 +14,7 @@ from routers import cap_threads
 from routers.checkpoint import load_router
 from routers.shipped import router_path
 from routers.thresholds import resolve_threshold
+from serve_app.config import BatchingConfig
 
 
 class RouterDeployment:
@@ -53,8 +54,9 @@ class RouterDeployment:
         )
 
     def reconfigure(self, batching: dict[str, Any]) -> None:
-        self.score.set_max_batch_size(int(batching.get("max_batch_size", 32)))
-        self.score.set_batch_wait_timeout_s(float(batching.get("batch_wait_timeout_s", 0.01)))
+        settings = BatchingConfig.model_validate(batching)
+        self.score.set_max_batch_size(settings.max_batch_size)
+        self.score.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     def batch_stats(self) -> dict[int, int]:
         """How many batches of each size this replica has scored (for benchmarks)."""
@@ -70,7 +72,7 @@ class RouterDeployment:
         max_batch_size, mixed with other requests' prompts."""
         return list(await asyncio.gather(*(self.score(item) for item in items)))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def score(self, items: list[tuple[str, str]]) -> list[float]:
         """Each item is (router name, prompt); one batch may mix routers."""
         start = time.perf_counter()
