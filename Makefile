@@ -8,10 +8,17 @@ SAMPLE ?= 2000
 
 .PHONY: run test test-unit lint cpu gpu default-router fast-router eval bench serve-demo clean
 
+# Where the CPU build of torch comes from. Empty: pip's own settings (this project's
+# development machines keep torch-2.13.0+cpu in pip's find-links). On another machine without
+# a GPU, `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids PyPI's multi-GB
+# CUDA build; on a GPU host leave it empty.
+TORCH_INDEX ?=
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	# The CPU wheel first: a bare torch requirement would otherwise pull a multi-GB CUDA build.
-	$(PIP) install -q "torch==2.13.0"
+	# torch first, pinned to a release the project's range admits: a bare requirement would
+	# take the newest, and from PyPI that is a CUDA build.
+	$(PIP) install -q "torch==2.13.0" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
