@@ -96,7 +96,7 @@ class Ingress:
             "routeray_fallbacks", description="Strong failures answered by the weak model."
         )
         self._router_latency = metrics.Histogram(
-            "routeray_router_latency_s",
+            "routeray_router_latency_seconds",
             description="Seconds from request to routing decision.",
             boundaries=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
         )

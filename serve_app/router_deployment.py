@@ -48,7 +48,7 @@ class RouterDeployment:
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
         )
         self._latency = metrics.Histogram(
-            "routeray_router_batch_latency_s",
+            "routeray_router_batch_latency_seconds",
             description="Seconds to score one batch.",
             boundaries=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
         )

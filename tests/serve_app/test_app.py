@@ -16,6 +16,7 @@ import openai  # noqa: E402
 
 from routeray.demo.config import STRONG_MODEL, WEAK_MODEL  # noqa: E402
 from tests.serve_app.conftest import KEY, ray_logs_containing  # noqa: E402
+from tests.support.metric_names import families  # noqa: E402
 
 
 @pytest.fixture()
@@ -284,27 +285,29 @@ def test_metrics_are_exported_through_ray(endpoint, client):
     import time
 
     ask(client, "router-gap-0.0")
-    wanted = [
-        "routeray_requests",
-        "routeray_strong_share",
-        "routeray_estimated_cost_usd",
-        "routeray_router_latency_s",
-        "routeray_router_batch_size",
-        "routeray_backend_errors",
-        "routeray_fallbacks",
-    ]
+    # A strong failure answered by the weak model: the error and fallback counters exist only
+    # once counted.
+    endpoint[1].inject("500", times=2)
+    ask(client, "router-gap-0.0")
+    # The names and types exactly as Prometheus shows them (docs/DEPLOY.md and deploy/'s
+    # dashboard use them). The route-only counter appears once /v1/route is called: its own test.
+    wanted = {
+        f"# TYPE {name} {kind}"
+        for name, kind in families().items()
+        if name != "ray_routeray_route_decisions_total"
+    }
     deadline = time.time() + 60
     while True:
         text = httpx.get(f"http://127.0.0.1:{endpoint[2]}/metrics", timeout=10).text
-        missing = [name for name in wanted if name not in text]
+        missing = sorted(wanted - set(text.splitlines()))
         if not missing or time.time() > deadline:
             break
         time.sleep(2)
-    assert missing == []
+    assert missing == [], [line for line in text.splitlines() if "routeray" in line]
     requests = [
         line
         for line in text.splitlines()
-        if line.startswith("ray_routeray_requests") and 'route="strong"' in line
+        if line.startswith("ray_routeray_requests_total") and 'route="strong"' in line
     ]
     assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 1
 

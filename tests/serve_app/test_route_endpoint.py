@@ -191,7 +191,7 @@ def test_decisions_are_counted_in_metrics(endpoint):
         lines = [
             line
             for line in text.splitlines()
-            if line.startswith("ray_routeray_route_decisions")
+            if line.startswith("ray_routeray_route_decisions_total")
             and 'route="strong"' in line
             and f'model="{STRONG_MODEL}"' in line
         ]
@@ -199,7 +199,10 @@ def test_decisions_are_counted_in_metrics(endpoint):
             break
         time.sleep(2)
     assert lines and float(lines[0].rsplit(" ", 1)[1]) >= 2
-    assert "ray_routeray_router_latency_s" in text and "ray_routeray_strong_share" in text
+    lines = set(text.splitlines())
+    assert "# TYPE ray_routeray_route_decisions_total counter" in lines
+    assert "# TYPE ray_routeray_router_latency_seconds histogram" in lines
+    assert "# TYPE ray_routeray_strong_share gauge" in lines
 
 
 def test_prompts_are_not_logged(endpoint):
