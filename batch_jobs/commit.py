@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.data import Datasink
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from batch_jobs.inputs import ROW_COLUMN, SOURCE_COLUMN, InputFile, read_units, work_units
 from batch_jobs.storage import Location, visible_files, write_table_atomic
@@ -230,9 +231,12 @@ def run_files(
         with file.location.fs.open_input_file(file.location.path) as handle:
             publish(output, file.relative, [empty_result(pq.read_table(handle))], stats)
     pending = [f for f in pending if f.num_rows]
+    # On the driver's node: the tracker's counts cannot be rebuilt, and losing the node that
+    # runs the driver ends the job anyway, so any other node may die and the job goes on.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     tracker = (
         ray.remote(CommitTracker)
-        .options(num_cpus=0)
+        .options(num_cpus=0, scheduling_strategy=here)
         .remote({f.relative: f.num_rows for f in pending}, len(files) - len(pending), len(files))
     )
     # Blocks of files with different columns or types cannot share a batch: one pass per schema.

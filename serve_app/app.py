@@ -67,7 +67,11 @@ def build(config: ServeConfig) -> Application:
     rd = config.router_deployment
     router_options: dict[str, Any] = {
         "name": "Router",
-        "ray_actor_options": {"num_cpus": rd.num_cpus, "num_gpus": rd.num_gpus},
+        "ray_actor_options": {
+            "num_cpus": rd.num_cpus,
+            "num_gpus": rd.num_gpus,
+            "resources": rd.resources,
+        },
         "max_ongoing_requests": rd.max_ongoing_requests,
         "logging_config": QUIET,
     }

@@ -48,6 +48,11 @@ class BatchingConfig(Strict):
 class RouterDeploymentConfig(Strict):
     num_cpus: float = Field(default=1.0, ge=0.0)
     num_gpus: float = Field(default=0.0, ge=0.0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each router replica needs, e.g. {'router_node': 1} "
+        "to pin replicas to the nodes started with `ray start --resources` offering it.",
+    )
     batching: BatchingConfig = BatchingConfig()
     autoscaling: dict[str, Any] | None = Field(
         default_factory=lambda: {
@@ -65,10 +70,19 @@ class AuthConfig(Strict):
     api_keys: SecretRef | None = None
 
     def api_key_list(self) -> list[str]:
+        """The client keys; [] only when auth is off. Keys configured but unreadable or empty
+        are an error: the endpoint must not come up open because a secret went missing."""
         if self.api_keys is None:
             return []
         raw = self.api_keys.read() or ""
-        return [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
+        keys = [k.strip() for k in raw.replace("\n", ",").split(",") if k.strip()]
+        if not keys:
+            source = self.api_keys.model_dump(exclude_none=True)
+            raise ValueError(
+                f"auth.api_keys is set ({source}) but holds no key: refusing to serve without "
+                "authentication (set the variable or file, or remove auth.api_keys to run open)"
+            )
+        return keys
 
 
 class ServeConfig(Strict):

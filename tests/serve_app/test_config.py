@@ -102,3 +102,46 @@ def test_a_router_that_cannot_be_served_stops_the_build(
     router = router.replace("TINY", str(tiny_router_dir)).replace("UNRECORDED", str(unrecorded))
     with pytest.raises(ValueError, match=error):
         check_routers(_config(tmp_path, router))
+
+
+def test_configured_client_keys_that_resolve_to_nothing_refuse_to_start(tmp_path, monkeypatch):
+    from backends.config import SecretRef
+    from serve_app.config import AuthConfig
+
+    monkeypatch.delenv("ROUTERAY_TEST_KEYS", raising=False)
+    assert AuthConfig().api_key_list() == []  # auth off: open on purpose
+    keys = tmp_path / "keys"
+    keys.write_text("k1, k2\nk3\n")
+    assert AuthConfig(api_keys=SecretRef(file=str(keys))).api_key_list() == ["k1", "k2", "k3"]
+    for missing in (
+        SecretRef(env="ROUTERAY_TEST_KEYS"),
+        SecretRef(file=str(tmp_path / "absent")),
+        SecretRef(env="ROUTERAY_TEST_KEYS", file=str(tmp_path / "absent")),
+    ):
+        with pytest.raises(ValueError, match="refusing to serve without authentication"):
+            AuthConfig(api_keys=missing).api_key_list()
+    monkeypatch.setenv("ROUTERAY_TEST_KEYS", " , \n")
+    with pytest.raises(ValueError, match="holds no key"):
+        AuthConfig(api_keys=SecretRef(env="ROUTERAY_TEST_KEYS")).api_key_list()
+
+
+def test_router_replicas_can_ask_for_custom_resources(tmp_path: Path):
+    from serve_app.app import build
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "routers: [{name: fast, path: fast}]\n"
+        "strong: {kind: openai, model: s, base_url: 'http://x/v1'}\n"
+        "weak: {kind: openai, model: w, base_url: 'http://y/v1'}\n"
+        "router_deployment: {num_cpus: 0.5, resources: {router_node: 1}}\n"
+    )
+    config = ServeConfig.from_yaml(path)
+    assert config.router_deployment.resources == {"router_node": 1.0}
+    assert ServeConfig.from_yaml(ROOT / "serve_config.yaml").router_deployment.resources == {}
+    # The ingress is bound to the router deployment; Serve exposes no public way down to it.
+    router = build(config)._bound_deployment.init_args[1]._bound_deployment
+    assert router.name == "Router"
+    assert router.ray_actor_options["resources"] == {"router_node": 1.0}
+    path.write_text(path.read_text().replace("router_node: 1", "router_node: lots"))
+    with pytest.raises(ValidationError, match="resources"):
+        ServeConfig.from_yaml(path)

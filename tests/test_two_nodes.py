@@ -1,0 +1,178 @@
+"""A real two-node Ray cluster (two `ray start` on this host): a batch route whose router actors
+run on both nodes loses the worker node midway and still writes every row exactly once; the
+endpoint answers through the head's proxy with its router replica on the worker node."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch_jobs.commit import SUMMARY_FILE
+from batch_jobs.storage import s3_filesystem
+from routeray.demo.config import STRONG_MODEL, free_port
+from routeray.demo.prompts import generate_prompts
+from tests.support.jobs import published, running_job
+from tests.support.local_s3 import LocalS3, use_test_credentials
+from tests.support.two_nodes import WORKER_RESOURCE, TwoNodeCluster, wait_for
+
+if TYPE_CHECKING:
+    from ray.util.state.common import ActorState
+
+pytestmark = pytest.mark.slow
+
+WEAK_MODEL = "weak-standin"
+# Long enough that the kill lands while rows are still being routed.
+FILES, ROWS = 16, 40
+JOB_TIMEOUT_S = 300
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[TwoNodeCluster]:
+    """A fresh cluster for each test (one of them kills its worker node), with this process as
+    one of its drivers; the nodes' Ray logs end up in the test's tmp_path."""
+    import ray
+
+    assert not ray.is_initialized(), "this process is already a driver of another Ray"
+    # Before the nodes start: their workers read the loopback S3 themselves.
+    use_test_credentials()
+    with TwoNodeCluster(head_cpus=1, worker_cpus=1, logs_dir=tmp_path) as nodes:
+        nodes.connect()
+        try:
+            yield nodes
+        finally:
+            ray.shutdown()
+
+
+def alive_actors(class_name: str) -> list[ActorState]:
+    """Ray's state API: the live actors whose class name contains `class_name`."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    return [a for a in actors if class_name in a.class_name]
+
+
+def put_archive(s3: LocalS3, bucket: str) -> None:
+    prompts = generate_prompts(FILES * ROWS, seed=11)
+    for f in range(FILES):
+        ids = range(f * ROWS, (f + 1) * ROWS)
+        sink = io.BytesIO()
+        table = pa.table({"id": list(ids), "prompt": [prompts[i] for i in ids]})
+        pq.write_table(table, sink, row_group_size=10)
+        s3.client().put_object(
+            Bucket=bucket, Key=f"in/day={f:02d}/part-0.parquet", Body=sink.getvalue()
+        )
+
+
+def test_route_job_loses_a_node_midway_and_writes_every_row_once(
+    cluster: TwoNodeCluster, local_s3, tiny_router_dir: Path, tmp_path: Path
+):
+    bucket = local_s3.bucket()
+    put_archive(local_s3, bucket)
+    args = [
+        "batch", "route",
+        "--input", f"s3://{bucket}/in/",
+        "--output", f"s3://{bucket}/out/",
+        "--s3-endpoint", local_s3.endpoint,
+        "--router", str(tiny_router_dir),
+        "--threshold", "0.5",
+        "--batch-size", "8",
+        # Two actors of 0.6 CPU cannot share a node of 1 CPU, so one runs on each node; the
+        # CPU left over lets files be read and published while they route.
+        "--num-actors", "2",
+        "--num-cpus", "0.6",
+    ]  # fmt: skip
+    log = tmp_path / "job.log"
+    with running_job(args, cluster.env, log) as job:
+
+        def routing_on_both_nodes_and_publishing() -> bool:
+            assert job.poll() is None, f"the job ended before the kill:\n{log.read_text()}"
+            nodes = {a.node_id for a in alive_actors("RouteBatch")}
+            both = nodes == {cluster.head_id, cluster.worker_id}
+            return both and bool(published(local_s3, bucket))
+
+        wait_for(routing_on_both_nodes_and_publishing, "routing on both nodes, a file out", 240)
+        before = published(local_s3, bucket)
+        cluster.kill_worker()
+        assert len(before) < FILES, "the kill should land midway"
+        # The job goes on without the node: Ray Data runs the lost tasks and actors again on
+        # the head, and the commit tracker, whose counts could not be rebuilt, lives on the
+        # driver's node (batch_jobs.commit.run_files).
+        code = job.wait(timeout=JOB_TIMEOUT_S)
+    assert code == 0, f"the job did not survive losing the worker node:\n{log.read_text()}"
+
+    table = pq.read_table(f"{bucket}/out", filesystem=s3_filesystem(local_s3.endpoint))
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "a row was written twice"
+    assert sorted(ids) == list(range(FILES * ROWS)), "a row was lost"
+    after = published(local_s3, bucket)
+    assert len(after) == FILES
+    # Files published before the node died were kept, not redone.
+    assert all(after[key] == stamp for key, stamp in before.items())
+    summary = json.loads(
+        local_s3.client().get_object(Bucket=bucket, Key=f"out/{SUMMARY_FILE}")["Body"].read()
+    )
+    assert summary["rows"] == FILES * ROWS and summary["errors"] == 0
+
+
+def test_endpoint_answers_through_the_head_with_its_router_on_the_worker(
+    cluster: TwoNodeCluster,
+):
+    from ray import serve
+
+    from backends import OpenAIBackendConfig
+    from routeray.demo.strong_standin import StrongStandin
+    from serve_app.app import build
+    from serve_app.config import RouterDeploymentConfig, RouterSpec, ServeConfig
+
+    port = free_port()
+    with (
+        StrongStandin() as strong,
+        StrongStandin(answer_prefix="weak answer: ") as weak,
+    ):
+        config = ServeConfig(
+            routers=[RouterSpec(name="fast", path="fast")],
+            strong=OpenAIBackendConfig(model=STRONG_MODEL, base_url=strong.base_url),
+            weak=OpenAIBackendConfig(model=WEAK_MODEL, base_url=weak.base_url),
+            # Only the worker node offers this resource: the router replica must go there.
+            router_deployment=RouterDeploymentConfig(num_cpus=0.5, resources={WORKER_RESOURCE: 1}),
+            port=port,
+        )
+        # One HTTP proxy, on the head: both nodes share this host and so its ports.
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(build(config), name="routeray", route_prefix="/")
+            routers = alive_actors("ServeReplica:routeray:Router")
+            assert [a.node_id for a in routers] == [cluster.worker_id]
+            assert {a.node_id for a in alive_actors("ProxyActor")} == {cluster.head_id}
+
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            for model, route, served_by, prefix in (
+                ("router-fast-0.0", "strong", STRONG_MODEL, "strong answer: "),
+                ("router-fast-1.0", "weak", WEAK_MODEL, "weak answer: "),
+            ):
+                reply = httpx.post(
+                    url,
+                    json={
+                        "model": model,
+                        "messages": [{"role": "user", "content": "Prove that 17 is prime."}],
+                        "max_tokens": 8,
+                    },
+                    timeout=60,
+                )
+                assert reply.status_code == 200, reply.text
+                # The router replica scored the prompt; the chosen backend answered.
+                assert reply.headers["x-routeray-route"] == route
+                assert 0.0 <= float(reply.headers["x-routeray-score"]) <= 1.0
+                body = reply.json()
+                assert body["model"] == served_by
+                assert body["choices"][0]["message"]["content"].startswith(prefix)
+        finally:
+            serve.shutdown()
