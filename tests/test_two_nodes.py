@@ -4,23 +4,20 @@ endpoint answers through the head's proxy with its router replica on the worker 
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from batch_jobs.commit import SUMMARY_FILE
 from batch_jobs.storage import s3_filesystem
 from routeray.demo.config import STRONG_MODEL, free_port
-from routeray.demo.prompts import generate_prompts
-from tests.support.jobs import published, running_job
-from tests.support.local_s3 import LocalS3, use_test_credentials
+from tests.support.jobs import published, route_archive_args, running_job
+from tests.support.local_s3 import put_archive, use_test_credentials
 from tests.support.two_nodes import WORKER_RESOURCE, TwoNodeCluster, wait_for
 
 if TYPE_CHECKING:
@@ -59,31 +56,13 @@ def alive_actors(class_name: str) -> list[ActorState]:
     return [a for a in actors if class_name in a.class_name]
 
 
-def put_archive(s3: LocalS3, bucket: str) -> None:
-    prompts = generate_prompts(FILES * ROWS, seed=11)
-    for f in range(FILES):
-        ids = range(f * ROWS, (f + 1) * ROWS)
-        sink = io.BytesIO()
-        table = pa.table({"id": list(ids), "prompt": [prompts[i] for i in ids]})
-        pq.write_table(table, sink, row_group_size=10)
-        s3.client().put_object(
-            Bucket=bucket, Key=f"in/day={f:02d}/part-0.parquet", Body=sink.getvalue()
-        )
-
-
 def test_route_job_loses_a_node_midway_and_writes_every_row_once(
     cluster: TwoNodeCluster, local_s3, tiny_router_dir: Path, tmp_path: Path
 ):
     bucket = local_s3.bucket()
-    put_archive(local_s3, bucket)
+    put_archive(local_s3, bucket, files=FILES, rows=ROWS)
     args = [
-        "batch", "route",
-        "--input", f"s3://{bucket}/in/",
-        "--output", f"s3://{bucket}/out/",
-        "--s3-endpoint", local_s3.endpoint,
-        "--router", str(tiny_router_dir),
-        "--threshold", "0.5",
-        "--batch-size", "8",
+        *route_archive_args(local_s3, bucket, tiny_router_dir),
         # Two actors of 0.6 CPU cannot share a node of 1 CPU, so one runs on each node; the
         # CPU left over lets files be read and published while they route.
         "--num-actors", "2",

@@ -4,7 +4,6 @@ model, on a local Ray, local files and loopback S3; labels checked against hand 
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
@@ -39,6 +38,7 @@ from routeray.cli import app
 from routeray.demo.strong_standin import StrongStandin, answer_for
 from routers.data.user_labels import read_user_labels
 from tests.support.jobs import kill_midway, published
+from tests.support.local_s3 import put_table
 from tests.support.throughput import assert_throughput
 
 STRONG, WEAK, JUDGE = "standin-strong", "standin-weak", "standin-judge"
@@ -368,12 +368,6 @@ def test_pairwise_labels_equal_a_hand_computation(
     assert summary["cost_usd"]["judge"] == pytest.approx(sum(judge_cost.values()))
 
 
-def put_table(s3, bucket: str, key: str, table: pa.Table) -> None:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, row_group_size=3)
-    s3.client().put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
-
-
 @pytest.mark.slow
 def test_a_judge_that_always_says_a_gives_ties_on_given_answers(
     local_ray, local_s3, strong: StrongStandin
@@ -389,7 +383,7 @@ def test_a_judge_that_always_says_a_gives_ties_on_given_answers(
                 "weak_response": [None if i == 11 else f"weak answer {i}" for i in ids],
             }
         )
-        put_table(local_s3, bucket, f"in/day={f}/part.parquet", table)
+        put_table(local_s3, bucket, f"in/day={f}/part.parquet", table, row_group_size=3)
     strong.reply("Both are fine.\n[[A]]", when=BOTH_ANSWERS)
     # No weak model and no judge section: answers come from the input, the strong model judges.
     doc = config_doc(strong)
@@ -466,7 +460,7 @@ def test_killed_sample_job_reruns_to_every_sampled_prompt_exactly_once(
     for f in range(files):
         ids = list(range(f * per_file, (f + 1) * per_file))
         table = pa.table({"id": ids, "prompt": [case(i) for i in ids]})
-        put_table(local_s3, bucket, f"in/day={f:02d}/part-0.parquet", table)
+        put_table(local_s3, bucket, f"in/day={f:02d}/part-0.parquet", table, row_group_size=3)
     strong.reply("[[A]]", when=BOTH_ANSWERS)
     # Slow enough judging that the kill lands while files are still open.
     doc = config_doc(

@@ -3,7 +3,6 @@ killed midway whose rerun holds every input row exactly once."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -17,32 +16,18 @@ from batch_jobs.inputs import InputError
 from batch_jobs.route import run
 from batch_jobs.storage import s3_filesystem
 from routeray.cli import app
-from routeray.demo.prompts import generate_prompts
 from routers.prompts import MAX_PROMPT_CHARS
-from tests.support.jobs import kill_midway, published
+from tests.support.jobs import kill_midway, published, route_archive_args
+from tests.support.local_s3 import put_archive, put_table
 from tests.support.throughput import assert_throughput
 
 pytestmark = pytest.mark.slow
-
-
-def put_table(s3, bucket: str, key: str, table: pa.Table, row_group_size: int = 10) -> None:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, row_group_size=row_group_size)
-    s3.client().put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
 
 
 def read_results(s3, bucket: str, prefix: str) -> pa.Table:
     """Every result file under the prefix, read the way any Parquet reader would."""
     fs = s3_filesystem(s3.endpoint)
     return pq.read_table(f"{bucket}/{prefix}", filesystem=fs)
-
-
-def put_archive(s3, bucket: str, files: int, rows: int) -> None:
-    prompts = generate_prompts(files * rows, seed=11)
-    for f in range(files):
-        ids = range(f * rows, (f + 1) * rows)
-        table = pa.table({"id": list(ids), "prompt": [prompts[i] for i in ids]})
-        put_table(s3, bucket, f"in/day={f:02d}/part-0.parquet", table)
 
 
 def test_cli_routes_s3_to_s3_with_bad_rows(
@@ -121,15 +106,8 @@ def test_killed_job_reruns_to_every_row_exactly_once(local_ray, local_s3, tiny_r
     bucket = local_s3.bucket()
     files, rows = 8, 40
     put_archive(local_s3, bucket, files=files, rows=rows)
-    args = [
-        "--input", f"s3://{bucket}/in/",
-        "--output", f"s3://{bucket}/out/",
-        "--s3-endpoint", local_s3.endpoint,
-        "--router", str(tiny_router_dir),
-        "--threshold", "0.5",
-        "--batch-size", "8",
-    ]  # fmt: skip
-    done_before = kill_midway(local_ray, local_s3, bucket, ["batch", "route", *args])
+    args = route_archive_args(local_s3, bucket, tiny_router_dir)
+    done_before = kill_midway(local_ray, local_s3, bucket, args)
     assert 0 < len(done_before) < files, "the kill should land midway"
 
     # What a reader sees after the kill is whole files only, never a partial one.

@@ -14,6 +14,20 @@ from pathlib import Path
 from typing import Any
 
 
+def route_archive_args(local_s3: Any, bucket: str, router_dir: Path) -> list[str]:
+    """`routeray batch route` over put_archive's in/ to out/, in small batches so that a job
+    over a few hundred rows lasts long enough to be interrupted."""
+    return [
+        "batch", "route",
+        "--input", f"s3://{bucket}/in/",
+        "--output", f"s3://{bucket}/out/",
+        "--s3-endpoint", local_s3.endpoint,
+        "--router", str(router_dir),
+        "--threshold", "0.5",
+        "--batch-size", "8",
+    ]  # fmt: skip
+
+
 def published(local_s3: Any, bucket: str, prefix: str = "out/day=") -> dict[str, object]:
     """Result objects under `prefix` and when each was written."""
     listing = local_s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)

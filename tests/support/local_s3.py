@@ -3,13 +3,18 @@ without a cloud account. Needs the `dev` extra (moto[server])."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import uuid
 from types import TracebackType
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from routeray.demo.config import free_port
+from routeray.demo.prompts import generate_prompts
 
 # moto accepts any key pair; these only have to exist for the AWS credential chain.
 TEST_CREDENTIALS = {
@@ -60,3 +65,22 @@ class LocalS3:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)
         return name
+
+
+def put_table(
+    s3: LocalS3, bucket: str, key: str, table: pa.Table, row_group_size: int = 10
+) -> None:
+    """One Parquet object; small row groups so that a job reads a file in several blocks."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=row_group_size)
+    s3.client().put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
+
+
+def put_archive(s3: LocalS3, bucket: str, files: int, rows: int) -> None:
+    """`files` hive-partitioned Parquet files under in/ of `rows` generated prompts each, with
+    ids 0 .. files * rows - 1 in order."""
+    prompts = generate_prompts(files * rows, seed=11)
+    for f in range(files):
+        ids = range(f * rows, (f + 1) * rows)
+        table = pa.table({"id": list(ids), "prompt": [prompts[i] for i in ids]})
+        put_table(s3, bucket, f"in/day={f:02d}/part-0.parquet", table)
