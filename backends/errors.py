@@ -51,6 +51,11 @@ class BackendError(Exception):
     def is_rate_limited(self) -> bool:
         return self.status == 429
 
+    @property
+    def is_auth_error(self) -> bool:
+        """The upstream refused our credentials (a revoked or wrong key): the operator's to fix."""
+        return self.status in (401, 403)
+
 
 def _rebuild(
     cls: type[BackendError],

@@ -95,6 +95,12 @@ class Ingress:
         self._fallbacks = metrics.Counter(
             "routeray_fallbacks", description="Strong failures answered by the weak model."
         )
+        self._auth_failures = metrics.Counter(
+            "routeray_upstream_auth_failures",
+            description="Requests a backend refused our credentials for (401/403): a revoked "
+            "or wrong upstream key.",
+            tag_keys=("backend",),
+        )
         self._router_latency = metrics.Histogram(
             "routeray_router_latency_seconds",
             description="Seconds from request to routing decision.",
@@ -209,9 +215,18 @@ class Ingress:
             headers["x-routeray-route"] = routes[0]
         return JSONResponse({"object": "route", "data": data}, headers=headers)
 
-    def _fallback_allowed(self, backend: str, route: str) -> bool:
+    def _fallback_allowed(self, backend: str, route: str, failure: BackendError) -> bool:
         # Only a routed request may change model; naming a model explicitly means that model.
-        return backend == "strong" and route != "direct" and self.config.fallback_to_weak
+        # And only when the strong service failed (429, 5xx, timeouts, dropped connections): a
+        # request it rejects is the client's to see, and a key it refuses must surface rather
+        # than quietly send every request to the weak model.
+        service_failed = not (failure.is_client_error or failure.is_auth_error)
+        return (
+            backend == "strong"
+            and route != "direct"
+            and self.config.fallback_to_weak
+            and service_failed
+        )
 
     async def _answer(
         self,
@@ -226,7 +241,9 @@ class Ingress:
             return await attempt(backend), backend, None
         except BackendError as exc:
             failure = exc
-        if self._fallback_allowed(backend, route):
+        if failure.is_auth_error:
+            self._auth_failures.inc(tags={"backend": backend})
+        if self._fallback_allowed(backend, route, failure):
             self._errors.inc(tags={"backend": backend})
             self._fallbacks.inc()
             headers["x-routeray-fallback"] = "strong-failed"

@@ -146,6 +146,33 @@ def test_strong_failure_fallback_when_streaming(client, endpoint):
     assert {c.model for c in stream.parse()} == {WEAK_MODEL}
 
 
+@pytest.mark.parametrize("status", ["400", "422"])
+def test_a_request_the_strong_model_rejects_is_the_clients_error_not_a_fallback(
+    client, endpoint, status
+):
+    endpoint[1].inject(status, times=1)
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(client, "router-gap-0.0")
+    assert info.value.status_code == int(status)
+    assert "strong model rejected the request" in info.value.body["message"]
+    # Neither retried nor sent elsewhere: one fault was queued, so a retry would have succeeded.
+    assert "x-routeray-fallback" not in info.value.response.headers
+
+
+@pytest.mark.parametrize("status", ["401", "403"])
+def test_a_refused_strong_key_surfaces_as_a_502_not_a_quiet_downgrade(client, endpoint, status):
+    endpoint[1].inject(status, times=1)
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(client, "router-gap-0.0")
+    # Our upstream key is the operator's problem, not the client's: a server error, and
+    # ray_routeray_upstream_auth_failures_total counts it (test_metrics_are_exported...).
+    assert info.value.status_code == 502
+    assert info.value.body["type"] == "api_error"
+    assert "x-routeray-fallback" not in info.value.response.headers
+    # The next request, with the key accepted again, is answered by the strong model.
+    assert ask(client, "router-gap-0.0").parse().model == STRONG_MODEL
+
+
 def test_naming_the_strong_model_gets_its_error_not_a_fallback(client, endpoint):
     endpoint[1].inject("500", times=2)
     with pytest.raises(openai.APIStatusError) as info:
@@ -289,6 +316,10 @@ def test_metrics_are_exported_through_ray(endpoint, client):
     # once counted.
     endpoint[1].inject("500", times=2)
     ask(client, "router-gap-0.0")
+    # A refused upstream key: counted apart, because no fallback hides it.
+    endpoint[1].inject("401", times=1)
+    with pytest.raises(openai.APIStatusError):
+        ask(client, "router-gap-0.0")
     # The names and types exactly as Prometheus shows them (docs/DEPLOY.md and deploy/'s
     # dashboard use them). The route-only counter appears once /v1/route is called: its own test.
     wanted = {

@@ -10,6 +10,7 @@ COUNTERS = (
     "ray_routeray_estimated_cost_usd_total",
     "ray_routeray_backend_errors_total",
     "ray_routeray_fallbacks_total",
+    "ray_routeray_upstream_auth_failures_total",
 )
 GAUGES = ("ray_routeray_strong_share",)
 HISTOGRAMS = (
