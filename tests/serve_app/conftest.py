@@ -4,8 +4,11 @@ strong-API stand-in with faults, client keys."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 KEY = "test-client-key-123"
@@ -64,3 +67,16 @@ def ray_logs_containing(text: str) -> list[str]:
         for p in logs.rglob("*")
         if p.is_file() and p.stat().st_size < 50_000_000 and text in p.read_text(errors="ignore")
     ]
+
+
+def scrape_metrics(
+    port: int, ready: Callable[[list[str]], bool], timeout_s: float = 60.0
+) -> list[str]:
+    """The lines of Ray's Prometheus export once `ready(lines)` holds, or of the last scrape
+    when `timeout_s` passes first: a metric reaches the export seconds after it is recorded."""
+    deadline = time.time() + timeout_s
+    while True:
+        lines = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
+        if ready(lines) or time.time() > deadline:
+            return lines
+        time.sleep(2)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 import openai  # noqa: E402
 
 from routeray.demo.config import STRONG_MODEL, WEAK_MODEL  # noqa: E402
-from tests.serve_app.conftest import KEY, ray_logs_containing  # noqa: E402
+from tests.serve_app.conftest import KEY, ray_logs_containing, scrape_metrics  # noqa: E402
 from tests.support.metric_names import families  # noqa: E402
 
 
@@ -309,8 +309,6 @@ def test_missing_key_is_401(endpoint, header):
 
 
 def test_metrics_are_exported_through_ray(endpoint, client):
-    import time
-
     ask(client, "router-gap-0.0")
     # A strong failure answered by the weak model: the error and fallback counters exist only
     # once counted.
@@ -327,17 +325,12 @@ def test_metrics_are_exported_through_ray(endpoint, client):
         for name, kind in families().items()
         if name != "ray_routeray_route_decisions_total"
     }
-    deadline = time.time() + 60
-    while True:
-        text = httpx.get(f"http://127.0.0.1:{endpoint[2]}/metrics", timeout=10).text
-        missing = sorted(wanted - set(text.splitlines()))
-        if not missing or time.time() > deadline:
-            break
-        time.sleep(2)
-    assert missing == [], [line for line in text.splitlines() if "routeray" in line]
+    lines = scrape_metrics(endpoint[2], lambda lines: wanted <= set(lines))
+    missing = sorted(wanted - set(lines))
+    assert missing == [], [line for line in lines if "routeray" in line]
     requests = [
         line
-        for line in text.splitlines()
+        for line in lines
         if line.startswith("ray_routeray_requests_total") and 'route="strong"' in line
     ]
     assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 1

@@ -4,7 +4,6 @@ generated, and bad requests get OpenAI-style 4xx errors."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import httpx
@@ -16,7 +15,12 @@ pytestmark = pytest.mark.slow
 from ray import serve  # noqa: E402
 
 from routeray.demo.config import STRONG_MODEL, WEAK_MODEL  # noqa: E402
-from tests.serve_app.conftest import KEY, MAX_ROUTE_PROMPTS, ray_logs_containing  # noqa: E402
+from tests.serve_app.conftest import (  # noqa: E402
+    KEY,
+    MAX_ROUTE_PROMPTS,
+    ray_logs_containing,
+    scrape_metrics,
+)
 
 AUTH = {"authorization": f"Bearer {KEY}"}
 PROMPTS = [
@@ -185,21 +189,19 @@ def test_a_backend_model_name_is_refused_with_the_router_models(endpoint):
 
 def test_decisions_are_counted_in_metrics(endpoint):
     assert post(endpoint, {"model": "router-gap-0.0", "prompts": PROMPTS[:2]}).status_code == 200
-    deadline = time.time() + 60
-    while True:
-        text = httpx.get(f"http://127.0.0.1:{endpoint[2]}/metrics", timeout=10).text
-        lines = [
+
+    def strong_decisions(lines: list[str]) -> list[str]:
+        return [
             line
-            for line in text.splitlines()
+            for line in lines
             if line.startswith("ray_routeray_route_decisions_total")
             and 'route="strong"' in line
             and f'model="{STRONG_MODEL}"' in line
         ]
-        if lines or time.time() > deadline:
-            break
-        time.sleep(2)
-    assert lines and float(lines[0].rsplit(" ", 1)[1]) >= 2
-    lines = set(text.splitlines())
+
+    lines = scrape_metrics(endpoint[2], lambda lines: bool(strong_decisions(lines)))
+    decisions = strong_decisions(lines)
+    assert decisions and float(decisions[0].rsplit(" ", 1)[1]) >= 2
     assert "# TYPE ray_routeray_route_decisions_total counter" in lines
     assert "# TYPE ray_routeray_router_latency_seconds histogram" in lines
     assert "# TYPE ray_routeray_strong_share gauge" in lines
