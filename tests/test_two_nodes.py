@@ -18,6 +18,7 @@ from batch_jobs.storage import s3_filesystem
 from routeray.demo.config import STRONG_MODEL, free_port
 from tests.support.jobs import published, route_archive_args, running_job
 from tests.support.local_s3 import put_archive, use_test_credentials
+from tests.support.s3_faults import FaultRule
 from tests.support.two_nodes import WORKER_RESOURCE, TwoNodeCluster, wait_for
 
 if TYPE_CHECKING:
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 WEAK_MODEL = "weak-standin"
-# Long enough that the kill lands while rows are still being routed.
 FILES, ROWS = 16, 40
+# Until the kill, each read of an input object waits this long at the loopback S3: routing
+# then takes about a minute on any machine, and the kill lands while rows are being routed.
+READ_DELAY_S = 0.3
 JOB_TIMEOUT_S = 300
 
 
@@ -64,22 +67,25 @@ def test_route_job_loses_a_node_midway_and_writes_every_row_once(
     args = [
         *route_archive_args(local_s3, bucket, tiny_router_dir),
         # Two actors of 0.6 CPU cannot share a node of 1 CPU, so one runs on each node; the
-        # CPU left over lets files be read and published while they route.
+        # CPU left over lets files be read and written while they route.
         "--num-actors", "2",
         "--num-cpus", "0.6",
     ]  # fmt: skip
     log = tmp_path / "job.log"
+    slow_reads = FaultRule(key_prefix="in/", methods=("GET",), delay_s=READ_DELAY_S)
     with running_job(args, cluster.env, log) as job:
 
-        def routing_on_both_nodes_and_publishing() -> bool:
+        def routing_on_both_nodes() -> bool:
             assert job.poll() is None, f"the job ended before the kill:\n{log.read_text()}"
             nodes = {a.node_id for a in alive_actors("RouteBatch")}
-            both = nodes == {cluster.head_id, cluster.worker_id}
-            return both and bool(published(local_s3, bucket))
+            return nodes == {cluster.head_id, cluster.worker_id}
 
-        wait_for(routing_on_both_nodes_and_publishing, "routing on both nodes, a file out", 240)
-        before = published(local_s3, bucket)
-        cluster.kill_worker()
+        # Slow reads until the kill only: the head alone then finishes at full speed.
+        with local_s3.faults.rules(slow_reads) as faults:
+            wait_for(routing_on_both_nodes, "router actors on both nodes", 240)
+            before = published(local_s3, bucket)
+            cluster.kill_worker()
+        assert faults.delayed, "no read was slowed: the kill may have come late by chance"
         assert len(before) < FILES, "the kill should land midway"
         # The job goes on without the node: Ray Data runs the lost tasks and actors again on
         # the head, and the commit tracker, whose counts could not be rebuilt, lives on the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 import uuid
 from types import TracebackType
 from typing import Any
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 
 from routeray.demo.config import free_port
 from routeray.demo.prompts import generate_prompts
+from tests.support.s3_faults import S3Faults
 
 # moto accepts any key pair; these only have to exist for the AWS credential chain.
 TEST_CREDENTIALS = {
@@ -33,19 +35,32 @@ def use_test_credentials() -> None:
 
 class LocalS3:
     """`with LocalS3() as s3:` starts the server on a free port; `s3.endpoint` is its URL and
-    `s3.bucket()` creates a fresh bucket."""
+    `s3.bucket()` creates a fresh bucket. `s3.faults.rules(...)` injects delays and errors."""
 
     def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.faults = S3Faults(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            "127.0.0.1",
+            self.port,
+            self.faults,
+            threaded=True,
+            request_handler=MotoRequestHandler,
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> LocalS3:
         use_test_credentials()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
-        self._server.start()
+        self._thread.start()
         return self
 
     def __exit__(
@@ -54,7 +69,8 @@ class LocalS3:
         value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._server.stop()
+        self._server.shutdown()
+        self._thread.join()
 
     def client(self) -> Any:
         import boto3
