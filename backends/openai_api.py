@@ -161,15 +161,17 @@ class OpenAIAPIBackend:
         what = "stream" if streaming else "request"
         if isinstance(exc, httpx.TimeoutException):
             kind = type(exc).__name__  # ConnectTimeout / ReadTimeout / ... tells which phase
+            # 504 and 502 are what a gateway answers for these, and what callers map on.
             return _Retryable(
                 f"upstream {self.config.model!r} {what} timeout ({kind})",
-                status=None,
+                status=504,
                 retryable=True,
             )
         if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError)):
             return _Retryable(
                 f"upstream {self.config.model!r} connection error: "
                 f"{type(exc).__name__}: {self._safe(str(exc))}",
+                status=502,
                 retryable=True,
             )
         # Bad URL, unsupported scheme, ...: configuration problems no retry will fix.

@@ -3,9 +3,11 @@ and the routing decision alone (`POST /v1/route`) for gateways."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +34,8 @@ from serve_app.requests import (
 )
 
 logger = logging.getLogger("ray.serve")
+# A deployment that cannot answer a health probe in this long is reported unhealthy.
+HEALTH_TIMEOUT_S = 5.0
 api = FastAPI(title="routeray", docs_url=None, redoc_url=None)
 
 
@@ -52,6 +56,16 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 def _decision_headers(score: float, threshold: float) -> dict[str, str]:
     return {"x-routeray-score": f"{score:.6f}", "x-routeray-threshold": f"{threshold:.6f}"}
+
+
+def may_fall_back(backend: str, route: str, failure: BackendError, *, enabled: bool) -> bool:
+    """Whether a failed call may be answered by the weak model instead."""
+    # Only a routed request may change model; naming a model explicitly means that model.
+    # And only when the strong service failed (429, 5xx, timeouts, dropped connections): a
+    # request it rejects is the client's to see, and a key it refuses must surface rather
+    # than quietly send every request to the weak model.
+    service_failed = not (failure.is_client_error or failure.is_auth_error)
+    return enabled and backend == "strong" and route != "direct" and service_failed
 
 
 @serve.ingress(api)
@@ -215,19 +229,6 @@ class Ingress:
             headers["x-routeray-route"] = routes[0]
         return JSONResponse({"object": "route", "data": data}, headers=headers)
 
-    def _fallback_allowed(self, backend: str, route: str, failure: BackendError) -> bool:
-        # Only a routed request may change model; naming a model explicitly means that model.
-        # And only when the strong service failed (429, 5xx, timeouts, dropped connections): a
-        # request it rejects is the client's to see, and a key it refuses must surface rather
-        # than quietly send every request to the weak model.
-        service_failed = not (failure.is_client_error or failure.is_auth_error)
-        return (
-            backend == "strong"
-            and route != "direct"
-            and self.config.fallback_to_weak
-            and service_failed
-        )
-
     async def _answer(
         self,
         attempt: Callable[[str], Awaitable[Any]],
@@ -243,7 +244,7 @@ class Ingress:
             failure = exc
         if failure.is_auth_error:
             self._auth_failures.inc(tags={"backend": backend})
-        if self._fallback_allowed(backend, route, failure):
+        if may_fall_back(backend, route, failure, enabled=self.config.fallback_to_weak):
             self._errors.inc(tags={"backend": backend})
             self._fallbacks.inc()
             headers["x-routeray-fallback"] = "strong-failed"
@@ -253,7 +254,8 @@ class Ingress:
             except BackendError as exc:
                 failure = exc
         self._errors.inc(tags={"backend": backend})
-        return None, backend, error_response(self._backend_error(failure, backend), headers)
+        error, error_headers = self._backend_error(failure, backend)
+        return None, backend, error_response(error, headers | error_headers)
 
     async def _complete(
         self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
@@ -271,6 +273,19 @@ class Ingress:
     async def _stream(
         self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
     ) -> Response:
+        # Usage is always asked of the backend, so every stream is costed; the client gets it
+        # only if it asked, as the OpenAI API would answer it.
+        options = body.get("stream_options") or {}
+        wants_usage = bool(options.get("include_usage"))
+        body = body | {"stream_options": options | {"include_usage": True}}
+
+        def for_client(chunk: dict[str, Any]) -> dict[str, Any] | None:
+            if wants_usage:
+                return chunk
+            if not chunk.get("choices") and chunk.get("usage"):
+                return None  # the usage-only chunk that ends the stream
+            return {k: v for k, v in chunk.items() if k != "usage"}
+
         async def attempt(name: str) -> tuple[dict[str, Any], Any]:
             # The first chunk decides: a failure before it can still fall back, after it not.
             chunks = self.backends[name].options(stream=True).stream.remote(body)
@@ -286,16 +301,23 @@ class Ingress:
         self._requests.inc(tags={"route": route, "model": self.models[backend]})
 
         async def sse() -> AsyncIterator[bytes]:
-            usage = first.get("usage")
-            yield f"data: {json.dumps(first)}\n\n".encode()
-            try:
+            usage = None
+
+            async def all_chunks() -> AsyncIterator[dict[str, Any]]:
+                yield first
                 async for chunk in chunks:
+                    yield chunk
+
+            try:
+                async for chunk in all_chunks():
                     usage = chunk.get("usage") or usage
-                    yield f"data: {json.dumps(chunk)}\n\n".encode()
+                    shown = for_client(chunk)
+                    if shown is not None:
+                        yield f"data: {json.dumps(shown)}\n\n".encode()
             except BackendError as exc:
                 # Headers are gone; an OpenAI-style error event is all a client can get now.
                 self._errors.inc(tags={"backend": backend})
-                error = self._backend_error(exc, backend)
+                error, _ = self._backend_error(exc, backend)
                 yield f"data: {json.dumps(error.body())}\n\n".encode()
                 return
             if usage:
@@ -304,23 +326,65 @@ class Ingress:
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
 
-    def _backend_error(self, failure: BackendError, backend: str) -> APIError:
+    def _backend_error(
+        self, failure: BackendError, backend: str
+    ) -> tuple[APIError, dict[str, str]]:
+        """The client's view of a backend failure: the status and headers an OpenAI client's
+        retry logic reads (it retries 429 and 5xx, waits Retry-After, obeys x-should-retry)."""
         # Ray re-raises a replica's exception as a subclass that prefixes the remote
         # traceback to str(); the message field is the backend's own words.
         message = failure.message
-        # A request the backend rejected as invalid is the client's error; anything else is ours.
+        headers: dict[str, str] = {}
+        if failure.retry_after is not None:
+            headers["retry-after"] = str(math.ceil(failure.retry_after))
         if failure.is_client_error:
-            return APIError(failure.status, f"{backend} model rejected the request: {message}")
-        code = 503 if failure.is_rate_limited else 502
-        return APIError(
-            code,
-            f"{backend} model unavailable: {message}",
-            type_="api_error",
-            code="backend_error",
-        )
+            error = APIError(failure.status, f"{backend} model rejected the request: {message}")
+        elif failure.is_rate_limited:
+            error = APIError(
+                429,
+                f"{backend} model is rate limited: {message}",
+                type_="requests",
+                code="rate_limit_exceeded",
+            )
+        else:
+            # 504 for a timeout and 503 for a backend that cannot serve now, as the upstream
+            # (or vLLM) said; anything else it did wrong is a bad gateway.
+            status = failure.status if failure.status in (503, 504) else 502
+            error = APIError(
+                status,
+                f"{backend} model unavailable: {message}",
+                type_="api_error",
+                code="backend_error",
+            )
+            if failure.is_auth_error:
+                # Our upstream key is refused: the client's retries cannot fix that.
+                headers["x-should-retry"] = "false"
+        return error, headers
+
+    async def check_deployments(self) -> dict[str, str]:
+        """Each deployment's state as this ingress reaches it: "ok" or why not."""
+        probes = {
+            "router": self.router.describe.remote(),
+            **{name: handle.check_health.remote() for name, handle in self.backends.items()},
+        }
+
+        async def probe(call: Any) -> str:
+            try:
+                await asyncio.wait_for(call, HEALTH_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                return f"no answer within {HEALTH_TIMEOUT_S:.0f} s"
+            except BackendError as exc:
+                return exc.message
+            except Exception as exc:  # a dead replica, a deployment being replaced: unhealthy
+                return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return "ok"
+
+        states = await asyncio.gather(*(probe(c) for c in probes.values()))
+        return dict(zip(probes, states, strict=True))
 
     @api.get("/v1/models")
-    async def list_models(self) -> dict[str, Any]:
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        self.check_auth(request)
         names = router_models(await self.thresholds())
         names += [self.models["strong"], self.models["weak"]]
         now = int(time.time())
@@ -332,5 +396,12 @@ class Ingress:
         }
 
     @api.get("/health")
-    async def health(self) -> dict[str, str]:
-        return {"status": "ok"}
+    async def health(self) -> JSONResponse:
+        """200 when every deployment answers, else 503 (for load balancers and probes); no key
+        needed, and only deployment states are shown."""
+        deployments = await self.check_deployments()
+        healthy = all(state == "ok" for state in deployments.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unhealthy", "deployments": deployments},
+            status_code=200 if healthy else 503,
+        )

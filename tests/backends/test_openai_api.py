@@ -238,7 +238,7 @@ def test_timeout_is_retried_then_reported(standin: StrongStandin) -> None:
     assert time.monotonic() - start < 2.5  # two 0.5 s attempts, not the 3 s server delay
     assert "timeout" in str(info.value).lower()
     assert info.value.retryable is True
-    assert info.value.status is None
+    assert info.value.status == 504  # what a gateway answers for an upstream timeout
     assert standin.requests == 2
 
 

@@ -13,6 +13,8 @@ import pytest
 
 KEY = "test-client-key-123"
 MAX_ROUTE_PROMPTS = 16
+# Short, so that an upstream timeout shows in seconds; the stand-in answers in milliseconds.
+STRONG_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="package")
@@ -42,6 +44,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
     config.max_body_bytes = 64 * 1024
     config.max_route_prompts = MAX_ROUTE_PROMPTS
     config.strong.max_retries = 1
+    config.strong.timeout_s = STRONG_TIMEOUT_S
     config.strong.backoff_initial_s = config.strong.backoff_max_s = 0.05
     metrics_port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)

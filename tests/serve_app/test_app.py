@@ -181,18 +181,11 @@ def test_naming_the_strong_model_gets_its_error_not_a_fallback(client, endpoint)
     assert info.value.body["type"] == "api_error"
 
 
-def test_retry_after_429_succeeds(client, endpoint):
-    endpoint[1].inject("429", times=1, retry_after=0)
-    reply = ask(client, STRONG_MODEL)
-    assert reply.parse().model == STRONG_MODEL
-
-
-def test_models_and_health(endpoint):
+def test_models_lists_routers_and_backends(endpoint):
     base = endpoint[0]
     models = httpx.get(f"{base}/models", headers={"authorization": f"Bearer {KEY}"}).json()
     ids = {m["id"] for m in models["data"]}
     assert {"router-gap", "router-default", "router-fast", STRONG_MODEL, WEAK_MODEL} <= ids
-    assert httpx.get(base.removesuffix("/v1") + "/health").json() == {"status": "ok"}
 
 
 BAD_REQUESTS = [
