@@ -9,12 +9,14 @@ comes from `--s3-endpoint` or the AWS SDK's own variables (`AWS_ENDPOINT_URL_S3`
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -22,21 +24,43 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-# Transient S3 errors (throttling, 5xx, resets) are retried by the AWS SDK inside pyarrow.
+# Transient S3 errors (throttling, 5xx, resets) are retried by the AWS SDK inside pyarrow, with
+# its "default" strategy: the "standard" one (pyarrow's own default) stops retrying once a
+# per-client retry quota is spent, so a long-lived client under a burst of errors fails every
+# request after it (tests/test_s3_faults.py).
 S3_MAX_ATTEMPTS = 10
+
+
+def _retry_strategy() -> pafs.S3RetryStrategy:
+    return pafs.AwsDefaultS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)
 
 
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
     endpoint = endpoint or next((os.environ[v] for v in ENDPOINT_ENV if os.environ.get(v)), None)
     options: dict[str, object] = {
         "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+        "retry_strategy": _retry_strategy(),
     }
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         options["endpoint_override"] = parsed.netloc
         options["scheme"] = parsed.scheme
     return pafs.S3FileSystem(**{k: v for k, v in options.items() if v is not None})
+
+
+def _rebuild_s3(options: dict[str, Any]) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(**options, retry_strategy=_retry_strategy())
+
+
+def _reduce_s3(fs: pafs.S3FileSystem) -> tuple[Any, ...]:
+    _, (options,) = fs.__reduce__()
+    return _rebuild_s3, (options,)
+
+
+# pyarrow pickles an S3FileSystem without its retry strategy, so every Ray task that received
+# one retried with the SDK's default (3 attempts and the quota above). Registered here, the
+# strategy is rebuilt wherever a filesystem is unpickled: cloudpickle consults copyreg first.
+copyreg.pickle(pafs.S3FileSystem, _reduce_s3)
 
 
 @dataclass(frozen=True)

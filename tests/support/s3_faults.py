@@ -102,6 +102,8 @@ class S3Faults:
             sock: socket.socket = environ["werkzeug.socket"]
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.shutdown(socket.SHUT_RDWR)
+            # The server's write of this answer then fails as a dropped connection, quietly.
+            start_response("500 Internal Server Error", [("Content-Length", "0")])
             return []
         if fault is not None:
             status, code, message = _ERRORS[fault]
