@@ -17,6 +17,7 @@ output file, those of earlier runs included; its throughput (`RunTiming`) covers
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -103,13 +104,21 @@ class CommitTracker:
         self.rows: dict[str, int] = defaultdict(int)
         self.pieces: dict[str, list[str]] = defaultdict(list)
         self.finished: set[str] = set()
+        self.publishers_done: set[str] = set()
         self.done = already_done
         self.total = total
 
     def add(self, relative: str, rows: int, piece: str) -> list[str] | None:
+        """The pieces to publish when this one completes the file, else None."""
         # Piece names follow from the rows they hold, so a write task that Ray retries restages
         # the same piece under the same name: count it once.
-        if piece in self.pieces[relative] or relative in self.finished:
+        if piece in self.pieces[relative]:
+            if relative in self.finished and relative not in self.publishers_done:
+                # The task that completed the file may have died before publishing it, and
+                # this retry may be the only one left to do it; publishing is idempotent.
+                return list(self.pieces[relative])
+            return None
+        if relative in self.finished:
             return None
         self.rows[relative] += rows
         self.pieces[relative].append(piece)
@@ -117,12 +126,19 @@ class CommitTracker:
             raise RuntimeError(f"{relative}: more rows staged than the file holds")
         if self.rows[relative] == self.expected[relative]:
             self.finished.add(relative)
-            return self.pieces.pop(relative)
+            return list(self.pieces[relative])
         return None
 
     def published(self, relative: str) -> None:
+        if relative in self.publishers_done:
+            return
+        self.publishers_done.add(relative)
         self.done += 1
         logger.info("published %s (%d/%d files done)", relative, self.done, self.total)
+
+    def unpublished(self) -> list[str]:
+        """Files with rows still to stage or publish."""
+        return sorted(set(self.expected) - self.publishers_done)
 
 
 def _total_stats(tables: Iterable[dict[str, float]]) -> dict[str, float]:
@@ -171,14 +187,28 @@ class CommitSink(Datasink):
                 write_table_atomic(Location(fs, piece, piece), [part], part.schema)
                 written += part.num_rows
                 complete = ray.get(self.tracker.add.remote(relative, part.num_rows, piece))
-                if complete is None:
-                    continue
-                pieces = [pq.read_table(p, filesystem=fs) for p in complete]
-                publish(self.output, relative, pieces, self.stats)
-                for path in complete:
-                    fs.delete_file(path)
-                ray.get(self.tracker.published.remote(relative))
+                if complete is not None:
+                    self._publish(relative, complete)
+                    ray.get(self.tracker.published.remote(relative))
         return written
+
+    def _publish(self, relative: str, complete: list[str]) -> None:
+        """Publish a file from its pieces; safe to repeat, and to race with a retried task
+        doing the same (the file is the same either way, and appears atomically)."""
+        fs = self.output.fs
+        target = self.output.join(relative)
+        if not target.exists():
+            try:
+                pieces = [pq.read_table(p, filesystem=fs) for p in complete]
+            except FileNotFoundError:
+                # Another publisher finished and cleared the pieces meanwhile.
+                if not target.exists():
+                    raise
+            else:
+                publish(self.output, relative, pieces, self.stats)
+        for path in complete:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(path)
 
 
 @dataclass(frozen=True)
@@ -250,7 +280,14 @@ def run_files(
             CommitSink(output, tracker, stats), ray_remote_args={"num_cpus": WRITE_CPUS}
         )
     elapsed = time.perf_counter() - started
+    missing = ray.get(tracker.unpublished.remote())
     ray.kill(tracker)
+    if missing:
+        # Never expected; if it happens, a rerun publishes them (and only them).
+        raise RuntimeError(
+            f"{len(missing)} input files were not published ({', '.join(missing[:5])}); "
+            "run the job again to finish them"
+        )
     _clear_leftovers(output)
     return summed_stats(output, files), RunTiming(rows, count, elapsed)
 

@@ -103,8 +103,17 @@ def test_tracker_completes_a_file_once_all_its_rows_are_staged():
     assert tracker.add("a", 3, "p1") is None
     assert tracker.add("b", 2, "p2") == ["p2"]
     assert tracker.add("a", 2, "p3") == ["p1", "p3"]
-    # A retried write task restages the same piece: counted once, never published twice.
+    # A retried write task restages the same piece: counted once. While the file is not
+    # published (its publisher may have died) the retry is told to publish it...
+    assert tracker.add("a", 2, "p3") == ["p1", "p3"]
+    assert tracker.add("a", 3, "p1") == ["p1", "p3"]
+    assert tracker.unpublished() == ["a", "b"]
+    tracker.published("a")
+    tracker.published("a")
+    assert tracker.done == 1 and tracker.unpublished() == ["b"]
+    # ...and once it is, never again.
     assert tracker.add("a", 2, "p3") is None
+    assert tracker.add("a", 1, "p9") is None
     tracker = CommitTracker({"c": 2}, already_done=0, total=1)
     assert tracker.add("c", 1, "q1") is None and tracker.add("c", 1, "q1") is None
     with pytest.raises(RuntimeError, match="more rows staged"):
