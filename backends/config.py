@@ -70,6 +70,16 @@ class VLLMBackendConfig(Strict):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra vllm AsyncEngineArgs, e.g. max_model_len."
     )
+    serving_args: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Extra `vllm serve` flags, parsed by vLLM's own parser and applied as `vllm serve` "
+            "applies them, mainly to its OpenAI serving layer: e.g. ['--enable-auto-tool-choice',"
+            " '--tool-call-parser', 'hermes'] for tool_choice 'auto' (and a parser for "
+            "'required' or a named tool), '--chat-template', '--reasoning-parser'. engine_args "
+            "override engine flags given here."
+        ),
+    )
     autoscaling: dict[str, Any] | None = None
     max_ongoing_requests: int = 64
 

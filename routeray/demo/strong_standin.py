@@ -387,22 +387,64 @@ def _reply(body: dict[str, Any], content: str) -> tuple[str, str]:
     return content, "stop"
 
 
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The call an API answers with when the request demands one: tool_choice "required" (the
+    first tool) or a named function; "auto", "none" or no tools get text."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    if not tools or choice in (None, "auto", "none"):
+        return None
+    name = tools[0].get("function", {}).get("name", "tool")
+    if isinstance(choice, dict):
+        name = choice.get("function", {}).get("name", name)
+    return {
+        "id": f"call_{uuid.uuid4().hex[:12]}",
+        "type": "function",
+        "function": {"name": name, "arguments": "{}"},
+    }
+
+
+def _logprobs(content: str, top: int) -> dict[str, Any]:
+    """Every word certain (logprob 0), as a stand-in can honestly claim of its fixed answer."""
+
+    def entry(token: str) -> dict[str, Any]:
+        return {"token": token, "logprob": 0.0, "bytes": list(token.encode())}
+
+    return {
+        "content": [{**entry(w), "top_logprobs": [entry(w)] * top} for w in _words(content) if w]
+    }
+
+
 def _completion(body: dict[str, Any], text: str, model: str) -> dict[str, Any]:
+    """A chat.completion honouring what an OpenAI API would: max_tokens, n, response_format
+    (the answer as a JSON object), logprobs and a demanded tool call."""
     content, finish = _reply(body, text)
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") in ("json_object", "json_schema"):
+        content, finish = json.dumps({"answer": content}), "stop"
+    call = _tool_call(body)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if call is not None:
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        # OpenAI ends a call it was told to make by name with "stop".
+        finish = "tool_calls" if body.get("tool_choice") == "required" else "stop"
+    logprobs = None
+    if body.get("logprobs") and call is None:
+        logprobs = _logprobs(content, int(body.get("top_logprobs") or 0))
+    n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
+    usage = _usage(body, content or "")
+    usage["completion_tokens"] *= n
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
+            {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
+            for i in range(n)
         ],
-        "usage": _usage(body, content),
+        "usage": usage,
     }
 
 

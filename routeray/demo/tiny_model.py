@@ -20,17 +20,23 @@ if TYPE_CHECKING:
 
 # Written last, so its presence means every other file is complete.
 _MARKER = "tiny_model.json"
-_FORMAT_VERSION = 1
+# 2: the chat template renders tools, tool calls and tool results.
+_FORMAT_VERSION = 2
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 
 # Role markers are single special tokens, so a templated prompt stays short and the markers
-# never leak into decoded answers (vLLM skips special tokens when detokenizing).
+# never leak into decoded answers (vLLM skips special tokens when detokenizing). Tools, an
+# assistant's tool calls and tool results are rendered too, as a real model's template does,
+# so a request's tools reach the prompt instead of vanishing in the template.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}{{ '<|system|>\\nTools: ' + (tools | tojson) + eos_token + '\\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + '\\n' + message['content'] + eos_token + '\\n' }}"
+    "{{ '<|' + message['role'] + '|>' + '\\n' + (message['content'] or '') }}"
+    "{% if message['tool_calls'] %}{{ message['tool_calls'] | tojson }}{% endif %}"
+    "{{ eos_token + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )

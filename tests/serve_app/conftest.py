@@ -15,6 +15,15 @@ KEY = "test-client-key-123"
 MAX_ROUTE_PROMPTS = 16
 # Short, so that an upstream timeout shows in seconds; the stand-in answers in milliseconds.
 STRONG_TIMEOUT_S = 3.0
+# vLLM's tool calling (a parser that needs no special tokens) and JSON without free whitespace,
+# which random weights would wander through forever.
+WEAK_SERVING_ARGS = [
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "pythonic",
+    "--structured-outputs-config",
+    '{"backend": "xgrammar", "disable_any_whitespace": true}',
+]
 
 
 @pytest.fixture(scope="package")
@@ -45,6 +54,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
     config.max_route_prompts = MAX_ROUTE_PROMPTS
     config.strong.max_retries = 1
     config.strong.timeout_s = STRONG_TIMEOUT_S
+    config.weak.serving_args = WEAK_SERVING_ARGS
     config.strong.backoff_initial_s = config.strong.backoff_max_s = 0.05
     metrics_port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
