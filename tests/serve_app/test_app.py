@@ -5,6 +5,7 @@ The app is the `endpoint` fixture of conftest.py, shared with the other serve te
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -329,7 +330,27 @@ def test_metrics_are_exported_through_ray(endpoint, client):
     assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 1
 
 
-def test_prompts_are_not_logged(endpoint, client):
+def test_prompts_are_not_logged_unless_the_operator_turns_it_on(endpoint, client):
+    from ray import serve
+
+    from serve_app.app import build
+
     secret = "purple-elephant-7731"
     ask(client, "router-gap-0.0", f"my secret is {secret}")
+    assert ray_logs_containing(secret) == []
+    # The positive control: with log_prompts on (the ingress alone is replaced), the same
+    # search finds the prompt, so the check above could have failed.
+    config = endpoint[3]
+    serve.run(
+        build(config.model_copy(update={"log_prompts": True})), name="routeray", route_prefix="/"
+    )
+    try:
+        logged = "orange-giraffe-4419"
+        ask(client, "router-gap-0.0", f"my secret is {logged}")
+        deadline = time.monotonic() + 30
+        while not ray_logs_containing(logged) and time.monotonic() < deadline:
+            time.sleep(1)  # log lines reach the files asynchronously
+        assert ray_logs_containing(logged)
+    finally:
+        serve.run(build(config), name="routeray", route_prefix="/")
     assert ray_logs_containing(secret) == []

@@ -214,3 +214,22 @@ def test_prompts_are_not_logged(endpoint):
     chat = {"model": "router-gap", "messages": [{"role": "user", "content": f"{secret} again"}]}
     assert post(endpoint, chat).status_code == 200
     assert ray_logs_containing(secret) == []
+
+
+def test_a_batch_that_mixes_routers_gives_each_prompt_its_own_routers_score(router):
+    """Items queued together form one batch in the replica whatever their router; each must
+    get the score its own router gives alone, computed here from the router directories."""
+    from routers.checkpoint import load_router
+    from routers.shipped import router_path
+
+    items = [(name, p) for p in PROMPTS for name in ("gap", "fast")]
+    batches_before = Counter(router.batch_stats.remote().result())
+    scores = router.score_many.remote(items).result()
+    batches = Counter(router.batch_stats.remote().result()) - batches_before
+    # Twelve items at once, under max_batch_size: scored together, both routers in a batch.
+    assert max(batches) > 2, batches
+    local = {"gap": load_router(router_path(None)), "fast": load_router(router_path("fast"))}
+    expected = [float(local[name].score([p])[0]) for name, p in items]
+    assert scores == pytest.approx(expected, abs=1e-5)
+    # The two routers disagree on these prompts, so a mix-up could not pass unseen.
+    assert any(abs(a - b) > 1e-3 for a, b in zip(expected[::2], expected[1::2], strict=True))
