@@ -18,12 +18,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from backends import BackendError
 from routers.prices import Prices
 from serve_app.config import ServeConfig
 from serve_app.errors import APIError
 from serve_app.requests import (
+    ChatRequest,
+    RouteRequest,
     backend_request,
     parse_chat_request,
     parse_route_request,
@@ -38,6 +41,41 @@ logger = logging.getLogger("ray.serve")
 HEALTH_TIMEOUT_S = 5.0
 api = FastAPI(title="routeray", docs_url=None, redoc_url=None)
 
+# The handlers read and validate their bodies themselves (for OpenAI-shaped errors and the body
+# limit), so FastAPI sees no body models: the OpenAPI document (/openapi.json) declares them
+# here, from the same pydantic models, with the bearer key the /v1 routes need.
+_SCHEMA_REF = "#/components/schemas/{model}"
+_BEARER = [{"bearerAuth": []}]
+
+
+def _json_body(*models: type) -> dict[str, Any]:
+    """`openapi_extra` for a route: a required JSON body (one of `models`) and the key."""
+    refs = [{"$ref": _SCHEMA_REF.format(model=m.__name__)} for m in models]
+    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}, "security": _BEARER}
+
+
+_fastapi_openapi = api.openapi
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's document with the body models (nested ones too) and the bearer scheme."""
+    if api.openapi_schema is None:
+        document = _fastapi_openapi()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ChatRequest, RouteRequest):
+            schema = model.model_json_schema(ref_template=_SCHEMA_REF)
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        document["components"]["securitySchemes"] = {
+            "bearerAuth": {"type": "http", "scheme": "bearer"}
+        }
+    return api.openapi_schema
+
+
+api.openapi = _openapi  # type: ignore[method-assign]
+
 
 def error_response(exc: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
@@ -46,6 +84,14 @@ def error_response(exc: APIError, headers: dict[str, str] | None = None) -> JSON
 @api.exception_handler(APIError)
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return error_response(exc)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a path that does not exist, a method a route does not take) in
+    the same OpenAI error body as every other error."""
+    message = f"{exc.detail}: {request.method} {request.url.path}"
+    return error_response(APIError(exc.status_code, message), headers=exc.headers)
 
 
 @api.exception_handler(Exception)
@@ -130,7 +176,9 @@ class Ingress:
     def check_auth(self, request: Request) -> None:
         if not self.keys:
             return
-        header = request.headers.get("authorization", "")
+        # Two Authorization headers are ambiguous (which did a proxy in front check?): no key.
+        values = request.headers.getlist("authorization")
+        header = values[0] if len(values) == 1 else ""
         scheme, _, token = header.partition(" ")
         presented = token.strip().encode() if scheme.lower() == "bearer" else b""
         # Compare against every key, always, so timing does not reveal which prefix matched.
@@ -171,7 +219,7 @@ class Ingress:
         cost = price.cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         self._cost.inc(float(cost), tags={"model": self.models[backend]})
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", openapi_extra=_json_body(ChatRequest))
     async def chat(self, request: Request) -> Response:
         started = time.perf_counter()
         self.check_auth(request)
@@ -198,7 +246,7 @@ class Ingress:
             return await self._stream(body, backend, route, headers)
         return await self._complete(body, backend, route, headers)
 
-    @api.post("/v1/route")
+    @api.post("/v1/route", openapi_extra=_json_body(RouteRequest, ChatRequest))
     async def route(self, request: Request) -> Response:
         """The routing decision alone, for gateways: one per prompt, nothing is generated."""
         started = time.perf_counter()
@@ -382,7 +430,7 @@ class Ingress:
         states = await asyncio.gather(*(probe(c) for c in probes.values()))
         return dict(zip(probes, states, strict=True))
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", openapi_extra={"security": _BEARER})
     async def list_models(self, request: Request) -> dict[str, Any]:
         self.check_auth(request)
         names = router_models(await self.thresholds())

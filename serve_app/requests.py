@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -11,6 +12,14 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from serve_app.errors import APIError
+
+# The most completions one chat request may ask for (`n`), as the OpenAI API allows: each is
+# generated in full, so an unbounded `n` is unbounded work for one request.
+MAX_N = 128
+# The deepest nesting of objects and arrays a request body may have. OpenAI requests need a few
+# levels (JSON schemas in tools and response_format a few more); the body is copied and
+# serialised recursively on its way to a backend, which a deep one would crash.
+MAX_JSON_DEPTH = 64
 
 
 class ContentPart(BaseModel):
@@ -36,25 +45,69 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int | None = Field(default=None, ge=1)
+    # Strict, as the OpenAI API is: "yes" is not a boolean, nor "2" an integer (a number is
+    # still a valid float).
+    stream: bool = Field(default=False, strict=True)
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True)
+    n: int | None = Field(default=None, ge=1, le=MAX_N, strict=True)
 
 
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
+def _not_a_number(token: str) -> float:
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"number {token} is out of range")
+    return value
+
+
+_TOO_DEEP = f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400. Strict JSON: no NaN or Infinity (nor a number that
+    overflows to one), which no backend can send on; and nothing `_check_tree` refuses."""
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:
+        raise APIError(400, _TOO_DEEP) from None
+    # JSONDecodeError, UnicodeDecodeError (not UTF-8), and integers over Python's digit limit.
+    except ValueError as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object")
+    _check_tree(body)
     return body
+
+
+def _check_tree(body: dict[str, Any]) -> None:
+    """Refuse what JSON parsing lets through but a backend cannot take: nesting deeper than
+    MAX_JSON_DEPTH, and strings (keys too) with a lone surrogate, which a `\\ud800` escape
+    makes: not Unicode text, so neither a tokenizer nor UTF-8 can take it."""
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(
+                    400, "request body is not valid JSON: a string holds a lone surrogate"
+                ) from None
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise APIError(400, _TOO_DEEP)
+            children = [*value, *value.values()] if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _validate(model: type[_Body], body: dict[str, Any]) -> _Body:

@@ -19,6 +19,8 @@ from routeray.demo.config import STRONG_MODEL, WEAK_MODEL  # noqa: E402
 from tests.serve_app.conftest import KEY, ray_logs_containing, scrape_metrics  # noqa: E402
 from tests.support.metric_names import families  # noqa: E402
 
+DEPLOYMENTS = ("Router", "StrongModel", "WeakModel")
+
 
 @pytest.fixture()
 def client(endpoint) -> openai.OpenAI:
@@ -333,24 +335,28 @@ def test_metrics_are_exported_through_ray(endpoint, client):
 def test_prompts_are_not_logged_unless_the_operator_turns_it_on(endpoint, client):
     from ray import serve
 
-    from serve_app.app import build
+    from serve_app.ingress import Ingress
 
     secret = "purple-elephant-7731"
     ask(client, "router-gap-0.0", f"my secret is {secret}")
     assert ray_logs_containing(secret) == []
-    # The positive control: with log_prompts on (the ingress alone is replaced), the same
-    # search finds the prompt, so the check above could have failed.
-    config = endpoint[3]
-    serve.run(
-        build(config.model_copy(update={"log_prompts": True})), name="routeray", route_prefix="/"
+    # The positive control: a second ingress with log_prompts on, in front of the same router
+    # and backends (a whole redeploy would restart the vLLM engine), logs the prompt and the
+    # same search finds it, so the check above could have failed.
+    config = endpoint[3].model_copy(update={"log_prompts": True})
+    handles = [serve.get_deployment_handle(d, app_name="routeray") for d in DEPLOYMENTS]
+    ingress = serve.deployment(Ingress).options(
+        name="LoggingIngress", ray_actor_options={"num_cpus": 0}
     )
+    serve.run(ingress.bind(config.model_dump(), *handles), name="logging", route_prefix="/logging")
     try:
+        logging_client = client.with_options(base_url=endpoint[0].replace("/v1", "/logging/v1"))
         logged = "orange-giraffe-4419"
-        ask(client, "router-gap-0.0", f"my secret is {logged}")
+        ask(logging_client, "router-gap-0.0", f"my secret is {logged}")
         deadline = time.monotonic() + 30
         while not ray_logs_containing(logged) and time.monotonic() < deadline:
             time.sleep(1)  # log lines reach the files asynchronously
         assert ray_logs_containing(logged)
     finally:
-        serve.run(build(config), name="routeray", route_prefix="/")
+        serve.delete("logging")
     assert ray_logs_containing(secret) == []
