@@ -28,6 +28,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu
 from backends import BackendError, VLLMBackendConfig
 from backends.vllm_engine import DEFAULT_MAX_TOKENS, VLLMEngineBackend
 from routeray.demo.tiny_model import build_tiny_model
+from tests.support.tool_calls import TOOL_HISTORY, WEATHER_TOOL
 
 pytestmark = pytest.mark.slow
 
@@ -42,36 +43,6 @@ MESSAGES = [
 NO_JSON_WHITESPACE = [
     "--structured-outputs-config",
     json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
-]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a unit.",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {"unit": {"type": "string", "enum": ["c", "f"]}},
-            "required": ["unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-# A conversation after one tool round trip: the assistant's call and the tool's result.
-TOOL_HISTORY = [
-    {"role": "user", "content": "What is the weather?"},
-    {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [
-            {
-                "id": "call_1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"unit": "c"}'},
-            }
-        ],
-    },
-    {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"},
 ]
 NAMED_TOOL = {"type": "function", "function": {"name": "get_weather"}}
 

@@ -14,37 +14,12 @@ pytestmark = pytest.mark.slow
 import openai  # noqa: E402
 
 from tests.serve_app.conftest import KEY  # noqa: E402
+from tests.support.tool_calls import TOOL_HISTORY, WEATHER_TOOL  # noqa: E402
 
 # Threshold 0 sends every prompt strong, 1 every prompt weak.
 ROUTES = {"strong": "router-gap-0.0", "weak": "router-gap-1.0"}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a unit.",
-        "parameters": {
-            "type": "object",
-            "properties": {"unit": {"type": "string", "enum": ["c", "f"]}},
-            "required": ["unit"],
-        },
-    },
-}
-AGENT_TURNS = [
-    {"role": "user", "content": "What is the weather?"},
-    {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [
-            {
-                "id": "call_1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"unit": "c"}'},
-            }
-        ],
-    },
-    {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"},
-    {"role": "user", "content": "And tomorrow?"},
-]
+# An agent's turn: a tool round trip, then the user asks on.
+AGENT_TURNS = [*TOOL_HISTORY, {"role": "user", "content": "And tomorrow?"}]
 
 
 @pytest.fixture()
@@ -80,7 +55,7 @@ def test_logprobs_are_returned(client, route):
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_an_agent_turn_with_tools_and_a_tool_result_is_answered(client, route):
-    reply = create(client, route, messages=AGENT_TURNS, tools=[WEATHER], max_tokens=40)
+    reply = create(client, route, messages=AGENT_TURNS, tools=[WEATHER_TOOL], max_tokens=40)
     choice = reply.choices[0]
     assert choice.finish_reason in ("stop", "length", "tool_calls")
     assert choice.message.content is not None or choice.message.tool_calls
@@ -92,7 +67,7 @@ def test_a_required_tool_call_is_made(client, route):
         client,
         route,
         messages=AGENT_TURNS,
-        tools=[WEATHER],
+        tools=[WEATHER_TOOL],
         tool_choice="required",
         parallel_tool_calls=False,
         max_tokens=60,
