@@ -100,6 +100,12 @@ class ServeConfig(Strict):
     )
     route_on: Literal["last_user", "conversation"] = "last_user"
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    request_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Longest wait for a deployment: a routing decision, a backend's answer or "
+        "a stream's first chunk (a replica being replaced can take minutes); past it, a 504.",
+    )
     max_route_prompts: int = Field(
         default=1024, ge=1, description="Most prompts one POST /v1/route request may carry."
     )

@@ -11,12 +11,18 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import metrics
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
@@ -39,6 +45,15 @@ from serve_app.requests import (
 logger = logging.getLogger("ray.serve")
 # A deployment that cannot answer a health probe in this long is reported unhealthy.
 HEALTH_TIMEOUT_S = 5.0
+# A deployment's replica failing, not the model behind it answering: it died under the request,
+# is being replaced, or its queue is full.
+REPLICA_FAILURES = (
+    RayActorError,
+    ActorUnavailableError,
+    ReplicaUnavailableError,
+    DeploymentUnavailableError,
+    BackPressureError,
+)
 api = FastAPI(title="routeray", docs_url=None, redoc_url=None)
 
 # The handlers read and validate their bodies themselves (for OpenAI-shaped errors and the body
@@ -102,6 +117,9 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 def _decision_headers(score: float, threshold: float) -> dict[str, str]:
     return {"x-routeray-score": f"{score:.6f}", "x-routeray-threshold": f"{threshold:.6f}"}
+
+
+T = TypeVar("T")
 
 
 def may_fall_back(backend: str, route: str, failure: BackendError, *, enabled: bool) -> bool:
@@ -219,6 +237,34 @@ class Ingress:
         cost = price.cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         self._cost.inc(float(cost), tags={"model": self.models[backend]})
 
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        """Await a deployment within the request deadline. Its replica failing (dying under
+        the request, being replaced, a full queue) is a retryable 503 and the deadline passing
+        a 504, as BackendErrors, so that clients get an error they can act on, not a 500 or a
+        wait for a replica that takes minutes to come back."""
+        timeout = self.config.request_timeout_s
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except asyncio.TimeoutError:
+            raise BackendError(
+                f"no answer from the {what} within {timeout:g} s", status=504, retryable=True
+            ) from None
+        except REPLICA_FAILURES as exc:
+            raise BackendError(
+                f"the {what} failed: {type(exc).__name__}", status=503, retryable=True
+            ) from None
+
+    async def _route_scores(self, items: list[tuple[str, str]]) -> list[float]:
+        try:
+            return await self._call("router", self.router.score_many.remote(items))
+        except BackendError as exc:
+            raise APIError(
+                exc.status or 503,
+                f"routing failed: {exc.message}",
+                type_="api_error",
+                code="router_unavailable",
+            ) from None
+
     @api.post("/v1/chat/completions", openapi_extra=_json_body(ChatRequest))
     async def chat(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -233,7 +279,7 @@ class Ingress:
             text = routing_text(chat, self.config.route_on)
             if self.config.log_prompts:
                 logger.info("routing prompt: %r", text)
-            score = await self.router.score.remote((target.router, text))
+            (score,) = await self._route_scores([(target.router, text)])
             backend = "strong" if score >= target.threshold else "weak"
             self._routed_now(started, Counter([backend]))
             headers = _decision_headers(score, target.threshold)
@@ -261,7 +307,7 @@ class Ingress:
             for text in texts:
                 logger.info("routing prompt: %r", text)
         # One call for all the prompts: in the router replica each joins the batching queue.
-        scores = await self.router.score_many.remote([(target.router, t) for t in texts])
+        scores = await self._route_scores([(target.router, t) for t in texts])
         routes = ["strong" if s >= target.threshold else "weak" for s in scores]
         counts = Counter(routes)
         self._routed_now(started, counts)
@@ -309,7 +355,7 @@ class Ingress:
         self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
     ) -> Response:
         async def attempt(name: str) -> dict[str, Any]:
-            return await self.backends[name].complete.remote(body)
+            return await self._call(f"{name} model", self.backends[name].complete.remote(body))
 
         result, backend, failed = await self._answer(attempt, backend, route, headers)
         if failed is not None:
@@ -337,7 +383,7 @@ class Ingress:
         async def attempt(name: str) -> tuple[dict[str, Any], Any]:
             # The first chunk decides: a failure before it can still fall back, after it not.
             chunks = self.backends[name].options(stream=True).stream.remote(body)
-            first = await anext(chunks, None)
+            first = await self._call(f"{name} model", anext(chunks, None))
             if first is None:
                 raise BackendError(f"{name} model sent an empty stream", status=502)
             return first, chunks
@@ -362,9 +408,13 @@ class Ingress:
                     shown = for_client(chunk)
                     if shown is not None:
                         yield f"data: {json.dumps(shown)}\n\n".encode()
-            except BackendError as exc:
+            except (BackendError, *REPLICA_FAILURES) as exc:
                 # Headers are gone; an OpenAI-style error event is all a client can get now.
                 self._errors.inc(tags={"backend": backend})
+                if not isinstance(exc, BackendError):
+                    exc = BackendError(
+                        f"the {backend} model failed mid-stream: {type(exc).__name__}", status=503
+                    )
                 error, _ = self._backend_error(exc, backend)
                 yield f"data: {json.dumps(error.body())}\n\n".encode()
                 return

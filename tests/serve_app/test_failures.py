@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -34,9 +36,11 @@ def sdk(endpoint, max_retries: int = 0) -> openai.OpenAI:
     return openai.OpenAI(base_url=endpoint[0], api_key=KEY, max_retries=max_retries, timeout=60)
 
 
-def post(endpoint, body: dict, path: str = "/chat/completions") -> httpx.Response:
+def post(
+    endpoint, body: dict, path: str = "/chat/completions", timeout: float = 60
+) -> httpx.Response:
     return httpx.post(
-        endpoint[0] + path, json=body, headers={"authorization": f"Bearer {KEY}"}, timeout=60
+        endpoint[0] + path, json=body, headers={"authorization": f"Bearer {KEY}"}, timeout=timeout
     )
 
 
@@ -220,9 +224,11 @@ def test_a_body_longer_than_its_declared_length_is_read_only_as_declared(endpoin
     assert json.loads(body)["error"]["message"].startswith("request body is not valid JSON")
 
 
-def test_health_reports_a_dead_deployment_then_its_recovery(endpoint):
-    """Killing the weak model's replica: /health turns 503 naming it while Serve replaces the
-    replica, and 200 again once it is back (the vLLM engine takes tens of seconds)."""
+def test_a_dead_weak_replica_gives_clean_errors_and_health_reports_it(endpoint):
+    """Killing the weak model's replica under load: requests it was answering get a 503 or an
+    error event (never a 500 or a cut connection), a request sent meanwhile is answered once a
+    new replica is up or given a 504 at the request deadline, and /health turns 503 naming it
+    while Serve replaces it, then 200 (the vLLM engine takes tens of seconds)."""
     import ray
 
     health = endpoint[0].removesuffix("/v1") + "/health"
@@ -232,27 +238,67 @@ def test_health_reports_a_dead_deployment_then_its_recovery(endpoint):
         "status": "ok",
         "deployments": {"router": "ok", "strong": "ok", "weak": "ok"},
     }
-    # From the GCS: this cluster runs no dashboard for the state API.
-    replicas = [
-        a
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if "routeray#WeakModel#" in a["name"]
-    ]
-    assert len(replicas) == 1, replicas
-    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]))
+    # Long answers (vLLM's ignore_eos: random weights would stop at once), so that they are
+    # still being generated when the replica dies.
+    long = {"model": WEAK_MODEL, "messages": HELLO, "max_tokens": 1000, "ignore_eos": True}
+    generating = threading.Event()
 
-    def wait_for_status(code: int, within_s: float) -> dict:
-        deadline = time.monotonic() + within_s
-        while True:
-            response = httpx.get(health, timeout=30)
-            if response.status_code == code or time.monotonic() > deadline:
-                assert response.status_code == code, response.text
-                return response.json()
-            time.sleep(0.5)
+    def stream_events() -> list[str]:
+        events = []
+        with httpx.stream(
+            "POST",
+            endpoint[0] + "/chat/completions",
+            json={**long, "stream": True},
+            headers={"authorization": f"Bearer {KEY}"},
+            timeout=60,
+        ) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    generating.set()
+        return events
 
-    down = wait_for_status(503, 30)
-    assert down["status"] == "unhealthy" and down["deployments"]["weak"] != "ok"
-    assert down["deployments"]["router"] == down["deployments"]["strong"] == "ok"
+    with ThreadPoolExecutor(3) as pool:
+        whole = pool.submit(post, endpoint, long)
+        streamed = pool.submit(stream_events)
+        assert generating.wait(60), "the stream never started"
+        # From the GCS: this cluster runs no dashboard for the state API.
+        replicas = [
+            a
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "routeray#WeakModel#" in a["name"]
+        ]
+        assert len(replicas) == 1, replicas
+        ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]))
+        started = time.monotonic()
+        timeout = endpoint[3].request_timeout_s + 30
+        meanwhile = pool.submit(
+            post, endpoint, {"model": WEAK_MODEL, "messages": HELLO}, timeout=timeout
+        )
+
+        def wait_for_status(code: int, within_s: float) -> dict:
+            deadline = time.monotonic() + within_s
+            while True:
+                response = httpx.get(health, timeout=30)
+                if response.status_code == code or time.monotonic() > deadline:
+                    assert response.status_code == code, response.text
+                    return response.json()
+                time.sleep(0.5)
+
+        down = wait_for_status(503, 30)
+        assert down["status"] == "unhealthy" and down["deployments"]["weak"] != "ok"
+        assert down["deployments"]["router"] == down["deployments"]["strong"] == "ok"
+
+        answer = whole.result()
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["type"] == "api_error"
+        events = streamed.result()
+        assert events[-1] != "[DONE]", "the stream outlived its replica"
+        assert json.loads(events[-1])["error"]["code"] == "backend_error"
+        late = meanwhile.result()
+        waited = time.monotonic() - started
+        assert late.status_code in (200, 504), late.text
+        assert waited < timeout, "a request outlived the deadline"
     wait_for_status(200, 240)
     reply = sdk(endpoint).chat.completions.create(model=WEAK_MODEL, messages=HELLO, max_tokens=4)
     assert reply.model == WEAK_MODEL
