@@ -21,7 +21,7 @@ from tests.support.s3_faults import FaultRule
 
 pytestmark = pytest.mark.slow
 
-FILES, ROWS = 8, 40
+FILES, ROWS = 6, 40
 # Every request, reads and writes alike, fails this often: the AWS SDK inside pyarrow retries.
 FAULTS = FaultRule(fraction=0.1)
 KILLS = 5
@@ -59,7 +59,7 @@ def test_killed_at_random_points_under_s3_errors_every_row_once(
         for _ in range(KILLS):
             # Anywhere from Ray start-up to the last files: some kills land before anything is
             # published, some between publications.
-            kill_after = chance.uniform(3.0, 25.0)
+            kill_after = chance.uniform(3.0, 15.0)
             with running_job(args, env) as job:
                 deadline = time.monotonic() + kill_after
                 while job.poll() is None and time.monotonic() < deadline:
