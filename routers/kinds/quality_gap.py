@@ -62,17 +62,39 @@ ENSEMBLE_SIZES = (1, 3, 5, 10)
 FEATURE_SCALE = 0.1
 QUERY_CHUNK = 1024
 NORM_SAMPLE = 2000
-_OPTION_LINE = re.compile(r"\n[A-J][.)] [^\n]*")
-_ANSWER_CUE = re.compile(r"\n\s*Answer:\s*$")
+_OPTION_LETTERS = "ABCDEFGHIJ"
+_OPTION_LINE = re.compile(r"([A-J])[.)] ")
+_ANSWER_CUE = re.compile(r"\s*Answer:\s*")
 
 
 def question_stem(prompt: str) -> str:
     """A multiple-choice prompt without its option lines and trailing "Answer:" cue.
 
     Sources list 4 or 10 options in their own layout; the embedding of the question itself
-    is what carries over from one to another. Other prompts are unchanged."""
-    stem = _ANSWER_CUE.sub("", _OPTION_LINE.sub("", prompt)).strip()
-    return stem or prompt
+    is what carries over from one to another. A prompt is multiple choice only when it ends in
+    options lettered A, B, ... in order, at least two, each starting its own line (an option
+    may run on over blank or indented lines), then optionally an "Answer:" line: how MMLU and
+    MMLU-Pro lay theirs out. Any other prompt comes back unchanged: a line of running text that
+    happens to start with "A." (an author's initial, a lone lettered remark) or a Roman "I."
+    statement above the options is part of what is asked."""
+    lines = prompt.rstrip().split("\n")
+    if _ANSWER_CUE.fullmatch(lines[-1]):
+        lines.pop()
+    letters = []  # the options' letters, last one first
+    # Line 0 is never an option: a multiple-choice prompt starts with its question.
+    for i in range(len(lines) - 1, 0, -1):
+        option = _OPTION_LINE.match(lines[i])
+        if option:
+            letters.append(option[1])
+            if option[1] == "A":
+                break
+        elif lines[i].strip() and not lines[i][0].isspace():
+            return prompt
+    else:
+        return prompt
+    if len(letters) < 2 or "".join(reversed(letters)) != _OPTION_LETTERS[: len(letters)]:
+        return prompt
+    return "\n".join(lines[:i]).strip() or prompt
 
 
 TEXT_MODES: dict[str, Callable[[str], str]] = {"prompt": lambda p: p, "stem": question_stem}

@@ -81,7 +81,8 @@ def test_cli_routes_s3_to_s3_with_bad_rows(
     summary = json.loads(body)
     assert (summary["rows"], summary["errors"]) == (93, 2)
     assert summary["strong"] + summary["weak"] == 91
-    assert summary["strong_share"] == pytest.approx(0.3, abs=0.08)
+    # Calibrated on the 91 usable rows: rint(0.3 * 91) = 27 strong, no tie at the threshold.
+    assert summary["strong_share"] == pytest.approx(0.3, abs=0.5 / 91)
     assert_throughput(summary, rows=93, files=5)
 
 

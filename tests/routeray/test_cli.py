@@ -14,7 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from routeray.cli import app
+from routers import router_class
 from routers.checkpoint import load_router
+from routers.data.tables import training_table
 
 runner = CliRunner()
 
@@ -227,25 +229,53 @@ def _write_training_sources(directory: Path) -> None:
     pd.DataFrame(arena).to_parquet(directory / "arena_bench_v1_scores.parquet")
     pd.DataFrame(
         {
-            "question_id": ["a", "b"],
-            "src": ["ori_mmlu-law", "stemez-Physics"],
-            "prompt": ["MMLU-derived question", "What is the unit of force?"],
-            "from_original_mmlu": [True, False],
-            "correct__Mixtral-8x7B-Instruct-v0.1": pd.array([True, False], dtype="boolean"),
-            "correct__gpt-4o-2024-05-13": pd.array([True, True], dtype="boolean"),
+            "question_id": ["a", "b", "c"],
+            "src": ["ori_mmlu-law", "stemez-Physics", "stemez-Physics"],
+            "prompt": [
+                "MMLU-derived question",
+                "What is the unit of force?",
+                "Name the SI unit of energy.",
+            ],
+            "from_original_mmlu": [True, False, False],
+            "correct__Mixtral-8x7B-Instruct-v0.1": pd.array([True, False, False], "boolean"),
+            "correct__gpt-4o-2024-05-13": pd.array([True, True, True], "boolean"),
         }
     ).to_parquet(directory / "mmlu_pro_correctness.parquet")
 
 
-def _training_dirs(tmp_path: Path, mmlu_prompt: str = "unrelated") -> tuple[Path, Path]:
-    """Training sources, and eval sets that decontamination reads (one prompt each; MMLU's
-    may be made to equal a training prompt)."""
+# Eval prompts planted in the eval sets, each equal to a training prompt of
+# `_write_training_sources` once whitespace and case are folded (the contamination rule), in
+# every benchmark and every training source; MT Bench's second turn counts too.
+LEAKED_EVAL = {
+    "mmlu": {"prompt": ["an EVAL prompt  that leaked"]},  # alpaca_eval: 2 battles, 1 labelled
+    "gsm8k": {
+        "prompt": [
+            " say hello to FRIEND 5\n",  # alpaca_eval: 3 battles, 1 labelled
+            "name the si unit of ENERGY.",  # mmlu_pro: 1 battle, 1 labelled
+            "Say hello to friend 7!",  # equal to no training prompt: nothing to drop
+        ]
+    },
+    "mt_bench": {"prompt": ["unrelated"], "prompt_turn2": ["ARENA prompt\t3"]},  # arena_hard: 1, 1
+}
+# What decontamination must drop per source: (battles, labelled prompts, distinct prompts).
+LEAKED_ROWS = {"alpaca_eval": (5, 2, 2), "arena_hard": (1, 1, 1), "mmlu_pro": (1, 1, 1)}
+LEAKED_TRAINING_PROMPTS = {
+    "An eval prompt that leaked",
+    "Say hello to friend 5",
+    "Name the SI unit of energy.",
+    "Arena prompt 3",
+}
+
+
+def _training_dirs(tmp_path: Path, leaked: bool = False) -> tuple[Path, Path]:
+    """Training sources, and eval sets that decontamination reads: one unrelated prompt each,
+    or (`leaked`) the `LEAKED_EVAL` prompts."""
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
     _write_training_sources(train_dir)
     eval_dir.mkdir()
     for name in ("mt_bench", "mmlu", "gsm8k"):
-        prompt = mmlu_prompt if name == "mmlu" else "unrelated"
-        pd.DataFrame({"prompt": [prompt]}).to_parquet(eval_dir / f"{name}.parquet")
+        columns = LEAKED_EVAL[name] if leaked else {"prompt": ["unrelated"]}
+        pd.DataFrame(columns).to_parquet(eval_dir / f"{name}.parquet")
     return train_dir, eval_dir
 
 
@@ -272,7 +302,7 @@ TRAINED_KINDS = {
 def test_train_writes_a_loadable_decontaminated_router(
     tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ):
-    train_dir, eval_dir = _training_dirs(tmp_path, "an EVAL prompt  that leaked")
+    train_dir, eval_dir = _training_dirs(tmp_path, leaked=True)
     out = tmp_path / "router"
     options, learns = TRAINED_KINDS[kind]
     if kind == "causal_llm":
@@ -291,13 +321,27 @@ def test_train_writes_a_loadable_decontaminated_router(
         *options,
     )
     assert result.exit_code == 0, result.output
-    assert "decontamination: alpaca_eval: dropped" in result.output
+    cls = router_class(kind)
+    battles = cls.trains_on == "battles"
+    for source, (n_battles, n_labelled, n_prompts) in LEAKED_ROWS.items():
+        rows = f"{n_battles} battles" if battles else f"{n_labelled} labelled prompts"
+        assert f"decontamination: {source}: dropped {rows} ({n_prompts} prompts)" in result.output
+    # The rows are gone from what was trained on, not just counted in a log line.
+    everything = training_table(cls, train_dir, None)
+    kept = training_table(cls, train_dir, eval_dir)
+    planted = sum(n[0] if battles else n[1] for n in LEAKED_ROWS.values())
+    assert len(everything) - len(kept) == planted > 0
+    leaked = {" ".join(p.split()).casefold() for p in LEAKED_TRAINING_PROMPTS}
+    assert leaked <= {" ".join(p.split()).casefold() for p in everything["prompt"]}
+    assert not leaked & {" ".join(p.split()).casefold() for p in kept["prompt"]}
+    meta = json.loads((out / "config.json").read_text())["metadata"]
+    assert meta["training"]["rows"] == len(kept)
+    assert meta["training"]["sources"] == kept["source"].value_counts().to_dict()
     router = load_router(out)
     scores = router.score(["Solve: 7 + 21 times 9", "Say hello to friend 99"])
     assert ((scores >= 0) & (scores <= 1)).all()
     if learns:
         assert scores[0] > scores[1]
-    meta = json.loads((out / "config.json").read_text())["metadata"]
     assert 0.0 <= meta["default_threshold"] <= 1.0
     assert meta["training"]["options"] == {
         k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options if "=" in o)
@@ -361,7 +405,7 @@ def test_ratings_rank_the_model_that_wins_first(tmp_path: Path):
     result = invoke("ratings", "--train-dir", train_dir, "--eval-dir", eval_dir, "--tiers", "2")
     assert result.exit_code == 0, result.output
     table = [line.split() for line in result.output.splitlines() if line[:4].strip().isdigit()]
-    # In the fixture gpt-4o wins its one battle and never loses; Mixtral never wins (it loses
+    # In the fixture gpt-4o wins its two battles and never loses; Mixtral never wins (it loses
     # or ties every battle with gpt-4-1106 and loses to gpt-4o).
     assert table[0][0] == "1" and table[0][3] == "gpt-4o-2024-05-13"
     assert table[-1][0] == "2" and table[-1][3] == "mixtral-8x7b-instruct-v0.1"

@@ -120,10 +120,48 @@ def test_golden_battles_orient_the_pair():
     assert labels["weak_q"].tolist() == [0.2, 1.0, 1.0]
 
 
-def test_question_stem_drops_the_options_only_of_multiple_choice_prompts():
-    mc = "Which gas do plants absorb?\nA. Oxygen\nB. Carbon dioxide\nC. Helium\nD. Neon\nAnswer:"
-    assert question_stem(mc) == "Which gas do plants absorb?"
-    chat = "Write a poem.\nA. It should rhyme."  # not an option list, but looks like one
-    assert question_stem("Write a poem about the sea.") == "Write a poem about the sea."
-    assert question_stem(chat) == "Write a poem."
-    assert question_stem("A. B.") == "A. B."  # nothing left: keep the prompt
+MULTIPLE_CHOICE = {
+    # MMLU's layout: four options and an "Answer:" cue.
+    "Which gas do plants absorb?\nA. Oxygen\nB. Carbon dioxide\nC. Helium\nD. Neon\nAnswer:": (
+        "Which gas do plants absorb?"
+    ),
+    # MMLU-Pro's: up to ten options (so "I." is an option here), no cue.
+    "Pick the prime.\n" + "\n".join(f"{c}. {20 + i}" for i, c in enumerate("ABCDEFGHIJ")): (
+        "Pick the prime."
+    ),
+    # Roman statements above the options belong to the question, all three of them.
+    "Which are true?\nI. 2 is prime\nII. 9 is prime\nIII. 7 is prime\nA. I only\nB. I and III": (
+        "Which are true?\nI. 2 is prime\nII. 9 is prime\nIII. 7 is prime"
+    ),
+    # An author line above the question starts like an option but is part of the passage.
+    "Passage.\nA. J. P. Taylor, 1945\nTaylor argues\nA. yes\nB. no\nAnswer:": (
+        "Passage.\nA. J. P. Taylor, 1945\nTaylor argues"
+    ),
+    # Options with ")" and blank lines between them, and one running on over indented lines.
+    "Which code sorts?\nA) sort(x)\n\nB) for i in x:\n    swap(i)\n": "Which code sorts?",
+}
+
+NOT_MULTIPLE_CHOICE = [
+    "Write a poem about the sea.",
+    "Write a poem.\nA. It should rhyme.",  # one lettered line is a remark, not a list
+    "Grade these answers (a) and (b): A. is wrong, B. is right.",  # letters in running text
+    "Plan:\nA. Buy milk\nB. Call Mum\nThanks!",  # text after the list: not an option list
+    "Rank them:\nB. second\nA. first",  # not lettered in order
+    "Agenda:\nA. Welcome\nC. Budget",  # a letter missing
+    "I. Introduction\nII. Methods\nIII. Results",  # a Roman outline
+    "Answer: A. yes, B. no",
+    "Explain this.\nAnswer:",  # a cue without options is left alone too
+    "  Keep my spacing.\n\n",  # whitespace included: nothing is cut, so nothing is trimmed
+    "A. B.",  # nothing would be left
+    "A. Oxygen\nB. Neon",  # options without a question: nothing would be left either
+]
+
+
+@pytest.mark.parametrize("prompt", list(MULTIPLE_CHOICE))
+def test_question_stem_cuts_the_options_of_multiple_choice_prompts(prompt: str):
+    assert question_stem(prompt) == MULTIPLE_CHOICE[prompt]
+
+
+@pytest.mark.parametrize("prompt", NOT_MULTIPLE_CHOICE)
+def test_question_stem_leaves_every_other_prompt_unchanged(prompt: str):
+    assert question_stem(prompt) == prompt
