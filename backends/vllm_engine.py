@@ -32,8 +32,6 @@ from backends.config import VLLMBackendConfig
 from backends.errors import BackendError
 
 if TYPE_CHECKING:
-    from argparse import Namespace
-
     from pydantic import ValidationError
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -41,6 +39,10 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
+
+# What vLLM's `vllm serve` parser returns (an argparse namespace); the command line itself is
+# routeray's one parser, typer.
+ServeArgs = Any
 
 # vLLM's default is everything the context has left: minutes of CPU for one careless request.
 DEFAULT_MAX_TOKENS = 256
@@ -75,7 +77,7 @@ class VLLMEngineBackend:
         """The context length the engine runs with (0 before start)."""
         return self._max_model_len
 
-    def build_serve_args(self) -> Namespace:
+    def build_serve_args(self) -> ServeArgs:
         """The arguments `vllm serve MODEL_PATH` would run with, parsed by vLLM's own parser:
         CPU defaults, then config.serving_args, then config.engine_args, served as
         config.model. The engine and the serving layer are both built from them."""
@@ -120,7 +122,7 @@ class VLLMEngineBackend:
 
         return AsyncEngineArgs.from_cli_args(self.build_serve_args())
 
-    def _configure(self) -> tuple[type[AsyncLLM], AsyncEngineArgs, Namespace]:
+    def _configure(self) -> tuple[type[AsyncLLM], AsyncEngineArgs, ServeArgs]:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.reasoning import ReasoningParserManager
         from vllm.tool_parsers import ToolParserManager
@@ -334,7 +336,7 @@ class VLLMEngineBackend:
         return engine, chat, parsed
 
 
-async def _serving_chat(engine: AsyncLLM, args: Namespace) -> OpenAIServingChat:
+async def _serving_chat(engine: AsyncLLM, args: ServeArgs) -> OpenAIServingChat:
     """vLLM's chat handler, built by the function `vllm serve` builds its app state with."""
     from starlette.datastructures import State
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
