@@ -297,7 +297,8 @@ def test_a_dead_weak_replica_gives_clean_errors_and_health_reports_it(endpoint):
         assert json.loads(events[-1])["error"]["code"] == "backend_error"
         late = meanwhile.result()
         waited = time.monotonic() - started
-        assert late.status_code in (200, 504), late.text
+        # Answered by the new replica, or a clean error: the dead one (503) or the deadline (504).
+        assert late.status_code in (200, 503, 504), late.text
         assert waited < timeout, "a request outlived the deadline"
     wait_for_status(200, 240)
     reply = sdk(endpoint).chat.completions.create(model=WEAK_MODEL, messages=HELLO, max_tokens=4)
