@@ -146,3 +146,65 @@ def test_generate_answers_every_row_once(
     assert summary["cost_usd"] == pytest.approx(table["cost_usd"].sum())
     assert summary["cost_usd"] < summary["all_strong_cost_usd"]
     assert_throughput(summary, rows=40, files=2)
+
+
+def test_killed_generate_job_resumes_without_asking_again(
+    local_ray, standin: StrongStandin, model_dir: Path, tiny_router_dir: Path, tmp_path: Path
+):
+    """Killed midway and run again, the job answers every row exactly once, keeps the files it
+    had published, and asks the strong API again only for the rows of files it had not."""
+    import signal
+
+    import yaml
+
+    from tests.support.jobs import running_job
+
+    files, rows = 4, 8
+    prompts = generate_prompts(files * rows, seed=9)
+    source, out = tmp_path / "in", tmp_path / "out"
+    for f in range(files):
+        ids = range(f * rows, (f + 1) * rows)
+        path = source / f"day={f}" / "part-0.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.table({"id": list(ids), "prompt": [prompts[i] for i in ids]}), path)
+    # Threshold 0: every row to the strong stand-in, at 8 requests a second for the whole job,
+    # so that the job takes seconds and the kill lands between publications.
+    config = config_for(standin, model_dir, requests_per_s=8, concurrency=2)
+    config_file = tmp_path / "generate.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    args = [
+        "batch", "generate", "--input", str(source), "--output", str(out),
+        "--config", str(config_file), "--router", str(tiny_router_dir), "--threshold", "0",
+    ]  # fmt: skip
+    standin.faults.clear()
+    env = {**os.environ, "RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
+
+    def outputs() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in out.glob("day=*/*.parquet")}
+
+    standin.stats.reset()
+    with running_job(args, env) as job:
+        # Midway through the answering: half the rows asked of the strong model. On a small
+        # cluster Ray Data may hold the writes back until the end, so files published by now
+        # may be none or some.
+        deadline = time.monotonic() + 240
+        while standin.stats.requests < files * rows // 2:
+            assert job.poll() is None, "the job ended before the kill"
+            assert time.monotonic() < deadline, "the job asked too little in time"
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    before = outputs()
+    assert len(before) < files, "the kill should land midway"
+
+    standin.stats.reset()
+    summary = run(str(source), str(out), config, router=str(tiny_router_dir), threshold=0.0)
+    table = pq.read_table(out).to_pandas()
+    assert sorted(table["id"]) == list(range(files * rows))
+    assert (table["answered_by"] == STRONG).all() and table["error"].isna().all()
+    assert summary["rows"] == files * rows
+    # Published files were kept, and their rows were not paid for twice.
+    assert all(
+        path.stat().st_mtime_ns == stamp for path, stamp in outputs().items() if path in before
+    )
+    assert standin.stats.requests == (files - len(before)) * rows
