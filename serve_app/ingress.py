@@ -122,6 +122,11 @@ def _decision_headers(score: float, threshold: float) -> dict[str, str]:
 T = TypeVar("T")
 
 
+def replica_failure(what: str, exc: BaseException) -> BackendError:
+    """A deployment's replica failing (one of REPLICA_FAILURES) as the retryable 503 it is."""
+    return BackendError(f"the {what} failed: {type(exc).__name__}", status=503, retryable=True)
+
+
 def may_fall_back(backend: str, route: str, failure: BackendError, *, enabled: bool) -> bool:
     """Whether a failed call may be answered by the weak model instead."""
     # Only a routed request may change model; naming a model explicitly means that model.
@@ -250,13 +255,12 @@ class Ingress:
                 f"no answer from the {what} within {timeout:g} s", status=504, retryable=True
             ) from None
         except REPLICA_FAILURES as exc:
-            raise BackendError(
-                f"the {what} failed: {type(exc).__name__}", status=503, retryable=True
-            ) from None
+            raise replica_failure(what, exc) from None
 
-    async def _route_scores(self, items: list[tuple[str, str]]) -> list[float]:
+    async def _decide(self, call: Awaitable[T]) -> T:
+        """A router call (`score` or `score_many`); its failure is the request's 503/504."""
         try:
-            return await self._call("router", self.router.score_many.remote(items))
+            return await self._call("router", call)
         except BackendError as exc:
             raise APIError(
                 exc.status or 503,
@@ -279,7 +283,7 @@ class Ingress:
             text = routing_text(chat, self.config.route_on)
             if self.config.log_prompts:
                 logger.info("routing prompt: %r", text)
-            (score,) = await self._route_scores([(target.router, text)])
+            score = await self._decide(self.router.score.remote((target.router, text)))
             backend = "strong" if score >= target.threshold else "weak"
             self._routed_now(started, Counter([backend]))
             headers = _decision_headers(score, target.threshold)
@@ -307,7 +311,9 @@ class Ingress:
             for text in texts:
                 logger.info("routing prompt: %r", text)
         # One call for all the prompts: in the router replica each joins the batching queue.
-        scores = await self._route_scores([(target.router, t) for t in texts])
+        scores = await self._decide(
+            self.router.score_many.remote([(target.router, t) for t in texts])
+        )
         routes = ["strong" if s >= target.threshold else "weak" for s in scores]
         counts = Counter(routes)
         self._routed_now(started, counts)
@@ -412,9 +418,7 @@ class Ingress:
                 # Headers are gone; an OpenAI-style error event is all a client can get now.
                 self._errors.inc(tags={"backend": backend})
                 if not isinstance(exc, BackendError):
-                    exc = BackendError(
-                        f"the {backend} model failed mid-stream: {type(exc).__name__}", status=503
-                    )
+                    exc = replica_failure(f"{backend} model", exc)
                 error, _ = self._backend_error(exc, backend)
                 yield f"data: {json.dumps(error.body())}\n\n".encode()
                 return
