@@ -170,7 +170,14 @@ def get_embedder(
     """
     embedder = _shared_embedder(model_path, max_tokens, head_tokens)
     cache_dir = os.environ.get(CACHE_ENV)
-    return CachedEmbedder(embedder, cache_dir) if cache_dir else embedder
+    return _shared_cache(embedder, cache_dir) if cache_dir else embedder
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_cache(embedder: Embedder | StaticEmbedder, cache_dir: str) -> CachedEmbedder:
+    # One cache object per file: two would each rewrite the file from their own index, and
+    # the later save would drop what the other had added.
+    return CachedEmbedder(embedder, cache_dir)
 
 
 class LazyEmbedder:

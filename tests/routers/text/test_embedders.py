@@ -263,3 +263,23 @@ def test_a_window_too_small_for_the_special_tokens_is_refused(embedder: Embedder
 
     with pytest.raises(ValueError, match="leaves no room for the prompt"):
         TokenWindow(embedder.tokenizer, len(embedder.window.prefix + embedder.window.suffix), 1)
+
+
+def test_routers_sharing_a_cache_do_not_drop_each_others_vectors(tmp_path, monkeypatch):
+    # A teacher and a router refitted from it both embed through the cache; each used to hold
+    # its own index and rewrite the file from it, so one's additions vanished on the other's
+    # next save and were embedded again by every later run.
+    from routers.shipped import router_path
+    from routers.text.embedders import embedding_cache
+
+    static = str(router_path("fast") / "embedder")
+    with embedding_cache(tmp_path):
+        first, second = get_embedder(static), get_embedder(static)
+        first.encode(["one"])
+        second.encode(["two"])
+        first.encode(["three"])
+    monkeypatch.delenv("ROUTERAY_EMBEDDING_CACHE", raising=False)
+    counting = CountingEmbedder(get_embedder(static))
+    reloaded = CachedEmbedder(counting, tmp_path)
+    reloaded.encode(["one", "two", "three"])
+    assert counting.calls == []
