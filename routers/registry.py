@@ -13,6 +13,7 @@ ROUTERS: dict[str, str] = {
     "bert": "routers.kinds.bert:BertRouter",
     "causal_llm": "routers.kinds.causal_llm:CausalLLMRouter",
     "quality_gap": "routers.kinds.quality_gap:QualityGapRouter",
+    "distilled": "routers.kinds.distilled:DistilledRouter",
 }
 
 

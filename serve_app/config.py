@@ -86,11 +86,12 @@ class AuthConfig(Strict):
 
 
 class ServeConfig(Strict):
-    # Both shipped tiers: router-default (MiniLM) and router-fast (static embeddings).
+    # Both shipped tiers: router-default (= router-fast, static embeddings) and router-minilm
+    # (its teacher, a transformer pass per prompt).
     routers: list[RouterSpec] = Field(
         default_factory=lambda: [
-            RouterSpec(aliases=["default"]),
-            RouterSpec(name="fast", path="fast"),
+            RouterSpec(aliases=["default", "fast"]),
+            RouterSpec(name="minilm", path="minilm"),
         ]
     )
     strong: BackendConfig

@@ -90,7 +90,7 @@ def test_the_installed_copy_routes_with_both_shipped_routers(wheel: Path, tmp_pa
         "from routers import load_router\n"
         "from routers.shipped import router_path\n"
         "print(routers.__file__)\n"
-        "for name in ('default', 'fast'):\n"
+        "for name in ('default', 'fast', 'minilm'):\n"
         "    s = load_router(router_path(name)).score(['What is 2 + 2?', 'Prove Fermat.'])\n"
         "    assert s.shape == (2,) and np.all((s >= 0) & (s <= 1)), s\n"
         "print('scored')\n"

@@ -22,7 +22,10 @@ def free_port() -> int:
 def demo_config(model_dir: Path, strong_base_url: str, port: int) -> ServeConfig:
     """The shipped router, vLLM on a tiny generated model, a local stand-in for the strong API."""
     return ServeConfig(
-        routers=[RouterSpec(name="gap", aliases=["default"]), RouterSpec(name="fast", path="fast")],
+        routers=[
+            RouterSpec(name="gap", aliases=["default", "fast"]),
+            RouterSpec(name="minilm", path="minilm"),
+        ],
         strong=OpenAIBackendConfig(
             model=STRONG_MODEL,
             base_url=strong_base_url,

@@ -37,10 +37,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.data.prompt_labels import PROMPT_LABELS
 from routers.data.tables import GOLDEN_PREFIX
 from routers.evaluation.metrics import evaluate_scores
+from routers.kinds.pair import FixedPairLoadOptions, check_fixed_pair
 from routers.progress import progress
 from routers.protocol import BaseRouter, LoadOptions
 from routers.text.embedders import LazyEmbedder, get_embedder
@@ -371,18 +372,10 @@ class _Candidate:
     by_source: dict[str, float]
 
 
-class QualityGapLoadOptions(LoadOptions):
-    """The pair is fixed at training time (the labels and the calibration are that pair's):
-    naming it is allowed, naming another is an error."""
-
-    strong_model: str | None = None
-    weak_model: str | None = None
-
-
 class QualityGapRouter(LazyEmbedder, BaseRouter):
     kind = "quality_gap"
     trains_on: ClassVar[str] = "prompt_labels"
-    load_options: ClassVar[type[LoadOptions]] = QualityGapLoadOptions
+    load_options: ClassVar[type[LoadOptions]] = FixedPairLoadOptions
 
     def __init__(
         self,
@@ -466,22 +459,45 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
             out["bank.targets"] = torch.from_numpy(self.bank.targets.astype(np.float32))
         return out
 
+    def refit(self, labels: pd.DataFrame) -> QualityGapRouter:
+        """This router's text, members and calibration fitted on other labelled rows, nothing
+        chosen again: how a distilled student's teacher is held out from a source."""
+        labels = labels.reset_index(drop=True)
+        sources = labels["source"].to_numpy().astype(str)
+        golden = np.char.startswith(sources, GOLDEN_PREFIX)
+        raw_features = prompt_features(labels["prompt"].tolist())
+        mean, std = raw_features.mean(0), raw_features.std(0) + 1e-6
+        targets = standardise_within_source(labels[list(PROMPT_LABELS)].to_numpy(float), sources)
+        to_text = TEXT_MODES[self.text]
+        bank = Bank(self.embedder.encode([to_text(p) for p in labels["prompt"]]), targets)
+        members = [
+            fit_member(
+                m.variant,
+                bank,
+                (raw_features - mean) / std,
+                np.where(golden, 1.0, m.variant.other_weight),
+            )
+            for m in self.members
+        ]
+        return type(self)(
+            members,
+            bank if any(m.rows is not None for m in members) else None,
+            self.calibration,
+            (mean, std),
+            text=self.text,
+            strong_model=self.strong_model,
+            weak_model=self.weak_model,
+            embedder=self.embedder_config,
+        )
+
     @classmethod
     def from_checkpoint(
         cls,
         config: dict[str, Any],
         tensors: dict[str, torch.Tensor],
-        options: QualityGapLoadOptions,
+        options: FixedPairLoadOptions,
     ) -> QualityGapRouter:
-        for key in ("strong_model", "weak_model"):
-            wanted = getattr(options, key)
-            if wanted and normalize_model_name(wanted) != normalize_model_name(config[key]):
-                raise cls.option_error(
-                    key,
-                    wanted,
-                    f"a quality_gap router is trained for one pair ({config['strong_model']} "
-                    f"vs {config['weak_model']}); retrain it for {key}={wanted!r}",
-                )
+        check_fixed_pair(cls, config, options)
 
         def array(name: str) -> np.ndarray | None:
             return tensors[name].numpy().astype(np.float64) if name in tensors else None
@@ -634,4 +650,4 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
         )
         # Through the saved precision (half-precision bank), so that a trained router and its
         # reloaded copy score identically.
-        return cls.from_checkpoint(router.config(), router.tensors(), QualityGapLoadOptions())
+        return cls.from_checkpoint(router.config(), router.tensors(), FixedPairLoadOptions())

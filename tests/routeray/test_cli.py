@@ -293,6 +293,7 @@ TRAINED_KINDS = {
     "mf": ([], True),
     "sw_ranking": ([], True),
     "quality_gap": ([], False),
+    "distilled": ([], False),
     "bert": (["--param", "epochs=1", "--param", "batch_size=8"], False),
     "causal_llm": (["--param", "lora=true", "--param", "epochs=1"], False),
 }
@@ -346,6 +347,70 @@ def test_train_writes_a_loadable_decontaminated_router(
     assert meta["training"]["options"] == {
         k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options if "=" in o)
     }
+
+
+def test_train_distilled_reads_a_decontaminated_corpus(tmp_path: Path):
+    train_dir, eval_dir = _training_dirs(tmp_path, leaked=True)
+    corpus = tmp_path / "corpus.parquet"
+    prompts = [f"Compute {i} times {i + 3} and explain" for i in range(20)]
+    # One equals an eval prompt once whitespace and case fold; one is blank.
+    pq.write_table(pa.table({"text": [*prompts, "SAY hello to friend 7!", "  "]}), corpus)
+    out = tmp_path / "student"
+    args = ["--train-dir", train_dir, "--eval-dir", eval_dir, "--no-embedding-cache"]
+    result = invoke(
+        "train", "--kind", "distilled", *args, "--corpus", corpus, "--prompt-column", "text",
+        "--param", "hidden=16", "--output", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "decontamination: corpus: dropped 1 corpus prompts" in result.output
+    document = json.loads((out / "config.json").read_text())
+    assert document["metadata"]["training"]["options"]["corpus"] == {
+        "files": {str(corpus): 21},
+        "kept": 20,
+    }
+    assert document["config"]["hyperparameters"]["corpus_prompts"] == 20
+    # The metadata says where the corpus came from; its text stays out of the router.
+    assert "Compute 3 times 6" not in (out / "config.json").read_text()
+    assert load_router(out).score(["Compute 99 times 102 and explain"]).shape == (1,)
+
+
+def test_corpus_needs_a_kind_that_learns_from_one(tmp_path: Path):
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"prompt": ["a prompt"]}), corpus)
+    result = invoke("train", "--kind", "mf", "--corpus", corpus, "--output", tmp_path / "r")
+    assert result.exit_code == 2
+    assert "router kind 'mf' has no training option 'corpus'" in result.output
+
+
+def test_corpus_command_records_where_the_prompts_came_from(tmp_path: Path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    records = [{"question": "What is 2 + 3?", "answer": "5"}, {"question": "", "answer": "-"}]
+    (repo / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "train.jsonl"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "data"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    out = tmp_path / "corpus" / "questions.parquet"
+    common = ["--git-dir", repo / ".git", "--path", "train.jsonl", "--repository", "o/r"]
+    result = invoke("corpus", *common, "--field", "question", "--licence", "MIT", "--output", out)
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column("prompt").to_pylist() == ["What is 2 + 3?"]
+    source = json.loads(table.schema.metadata[b"routeray.source"])
+    assert source == json.loads(out.with_name(out.name + ".source.json").read_text())
+    assert source["commit"] == sha.stdout.strip() and len(source["commit"]) == 40
+    assert [source[k] for k in ("repository", "path", "licence")] == ["o/r", "train.jsonl", "MIT"]
+    assert (source["records"], source["prompts"]) == (2, 1)
+
+    missing = invoke("corpus", *common, "--field", "prompt", "--licence", "MIT", "--output", out)
+    assert missing.exit_code == 2 and "no record has a non-empty 'prompt'" in missing.output
+    common[3] = "absent.jsonl"
+    absent = invoke("corpus", *common, "--field", "question", "--licence", "MIT", "--output", out)
+    assert absent.exit_code == 2 and "absent.jsonl" in absent.output
 
 
 def test_param_values_keep_their_types():

@@ -1,8 +1,8 @@
-"""The shipped router reads the end of a long prompt, where the question usually is."""
+"""The shipped routers read the end of a long prompt, where the question usually is."""
 
 from __future__ import annotations
 
-from routers import default_router_dir, load_router
+from routers import load_router, router_path
 
 DOCUMENT = " ".join(
     f"Section {i}. The committee reviewed the quarterly figures for region {i % 7} and noted "
@@ -12,7 +12,7 @@ DOCUMENT = " ".join(
 
 
 def test_question_at_the_end_of_a_long_prompt_changes_the_score():
-    router = load_router(default_router_dir())
+    router = load_router(router_path("minilm"))
     easy_question = "Thanks! Could you say hello back?"
     hard_question = (
         "Using the figures above, derive a closed-form expression for the variance of the "

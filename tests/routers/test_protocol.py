@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import routers
-from routers import default_router_dir
+from routers import router_path
 from routers.checkpoint import WEIGHTS_FILE, load_router, read_config
 from routers.evaluation.cross_fit import cross_fit_scores
 from routers.kinds.mf import MFRouter
@@ -36,6 +36,7 @@ LOAD_OPTIONS = {
     "bert": ["device", "bf16", "batch_tokens", "max_batch_size", "strong_model", "weak_model"],
     "causal_llm": ["base_model", "device", "dtype", "batch_size", "strong_model", "weak_model"],
     "quality_gap": ["strong_model", "weak_model"],
+    "distilled": ["strong_model", "weak_model"],
 }
 
 
@@ -124,16 +125,16 @@ def test_good_values_are_read_as_their_types():
 
 
 def test_load_router_checks_options_before_reading_weights(tmp_path):
-    directory = Path(shutil.copytree(default_router_dir(), tmp_path / "qg"))
+    directory = Path(shutil.copytree(router_path("minilm"), tmp_path / "qg"))
     (directory / WEIGHTS_FILE).unlink()
     with pytest.raises(OptionError, match="router kind 'quality_gap' has no load option 'foo'"):
         load_router(directory, foo=1)
 
 
 def test_quality_gap_refuses_another_pair_and_accepts_its_own():
-    pair = read_config(default_router_dir())["config"]
+    pair = read_config(router_path("minilm"))["config"]
     with pytest.raises(OptionError) as info:
-        load_router(default_router_dir(), strong_model="claude-3-opus")
+        load_router(router_path("minilm"), strong_model="claude-3-opus")
     message = str(info.value)
     assert message.startswith(
         "router kind 'quality_gap' cannot use load option strong_model='claude-3-opus'"
@@ -141,7 +142,7 @@ def test_quality_gap_refuses_another_pair_and_accepts_its_own():
     assert "trained for one pair" in message and "retrain it" in message
     # The trained pair itself, in any spelling, is fine.
     spelled = pair["strong_model"].upper().replace("-", "_")
-    router = load_router(default_router_dir(), strong_model=spelled, weak_model=None)
+    router = load_router(router_path("minilm"), strong_model=spelled, weak_model=None)
     assert (router.strong_model, router.weak_model) == (pair["strong_model"], pair["weak_model"])
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from routers.checkpoint import read_config
 from routers.kinds.random_router import RandomRouter
 from routers.shipped import SHIPPED, router_path
 from routers.thresholds import ThresholdError, recorded_threshold, resolve_threshold
@@ -80,5 +81,10 @@ def test_shipped_names_and_directories(tmp_path: Path):
     assert router_path(None) == SHIPPED["default"]
     assert router_path("default") == SHIPPED["default"]
     assert (SHIPPED["default"] / "config.json").is_file()
+    # The default is the fast tier: a student of minilm, which learns from the labels.
+    assert SHIPPED["default"] == SHIPPED["fast"] != SHIPPED["minilm"]
+    assert read_config(SHIPPED["fast"])["router"] == "distilled"
+    assert read_config(SHIPPED["fast"])["config"]["hyperparameters"]["teacher"] == "minilm"
+    assert read_config(SHIPPED["minilm"])["router"] == "quality_gap"
     assert router_path(str(tmp_path)) == tmp_path
     assert router_path("./default") == Path("default")

@@ -45,14 +45,17 @@ def test_threshold_zero_routes_strong_and_one_routes_weak(client):
     assert body.usage.completion_tokens <= 8
 
 
-def test_the_fast_tier_is_served_by_name(client):
-    """router-fast scores with its own router: same prompt, another score than router-gap."""
+def test_both_tiers_are_served_by_name(client):
+    """router-minilm scores with its own router: same prompt, another score than router-gap;
+    router-fast is another name of router-gap (the default is the fast tier)."""
     text = "Prove that every bounded monotone sequence of real numbers converges."
-    fast = ask(client, "router-fast", text)
+    minilm = ask(client, "router-minilm", text)
     gap = ask(client, "router-gap", text)
-    assert fast.headers["x-routeray-score"] != gap.headers["x-routeray-score"]
-    assert fast.headers["x-routeray-threshold"] != gap.headers["x-routeray-threshold"]
-    assert ask(client, "router-fast-0.0", text).headers["x-routeray-route"] == "strong"
+    fast = ask(client, "router-fast", text)
+    assert minilm.headers["x-routeray-score"] != gap.headers["x-routeray-score"]
+    assert minilm.headers["x-routeray-threshold"] != gap.headers["x-routeray-threshold"]
+    assert fast.headers["x-routeray-score"] == gap.headers["x-routeray-score"]
+    assert ask(client, "router-minilm-0.0", text).headers["x-routeray-route"] == "strong"
 
 
 def test_router_names_and_aliases_use_the_calibrated_threshold(client):
@@ -188,7 +191,8 @@ def test_models_lists_routers_and_backends(endpoint):
     base = endpoint[0]
     models = httpx.get(f"{base}/models", headers={"authorization": f"Bearer {KEY}"}).json()
     ids = {m["id"] for m in models["data"]}
-    assert {"router-gap", "router-default", "router-fast", STRONG_MODEL, WEAK_MODEL} <= ids
+    assert {"router-gap", "router-default", "router-fast", "router-minilm"} <= ids
+    assert {STRONG_MODEL, WEAK_MODEL} <= ids
 
 
 BAD_REQUESTS = [
