@@ -37,7 +37,13 @@ def create(client: openai.OpenAI, route: str, **kwargs):
 @pytest.mark.parametrize("route", ROUTES)
 def test_json_mode_returns_a_json_object(client, route):
     reply = create(client, route, max_tokens=200, response_format={"type": "json_object"})
-    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    choice = reply.choices[0]
+    # The tiny random-weight model, sampled, can keep a JSON string open past max_tokens: then
+    # the answer is cut short, but still the start of an object, which random text never is.
+    if choice.finish_reason == "length":
+        assert choice.message.content.lstrip().startswith("{"), choice.message.content
+    else:
+        assert isinstance(json.loads(choice.message.content), dict)
 
 
 @pytest.mark.parametrize("route", ROUTES)
