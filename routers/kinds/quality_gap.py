@@ -364,6 +364,47 @@ def _judged_sources(sources: np.ndarray, golden: np.ndarray) -> list[str]:
 
 
 @dataclass
+class _FitInputs:
+    """What fitting members reads from a labelled table: the surface features standardised
+    (with the statistics that did it), the labels standardised within each source, and each
+    row's weight."""
+
+    sources: np.ndarray
+    golden: np.ndarray
+    feats: np.ndarray
+    feature_stats: tuple[np.ndarray, np.ndarray]
+    targets: np.ndarray
+    row_weight: np.ndarray | float
+
+    @classmethod
+    def of(cls, labels: pd.DataFrame) -> _FitInputs:
+        sources = labels["source"].to_numpy().astype(str)
+        raw_features = prompt_features(labels["prompt"].tolist())
+        mean, std = raw_features.mean(0), raw_features.std(0) + 1e-6
+        return cls(
+            sources=sources,
+            golden=np.char.startswith(sources, GOLDEN_PREFIX),
+            feats=(raw_features - mean) / std,
+            feature_stats=(mean, std),
+            targets=standardise_within_source(labels[list(PROMPT_LABELS)].to_numpy(float), sources),
+            # Rows may carry their own weight (a user's `--extra-weight`); the shared sources'
+            # weigh 1.
+            row_weight=labels["weight"].fillna(1.0).to_numpy(float) if "weight" in labels else 1.0,
+        )
+
+    def weights(self, variant: Variant) -> np.ndarray:
+        return np.where(self.golden, 1.0, variant.other_weight) * self.row_weight
+
+    def fit(
+        self, variants: Sequence[Variant], embeddings: np.ndarray
+    ) -> tuple[list[Member], Bank | None]:
+        """Members of `variants` fitted on every row, and the bank if a kNN member needs it."""
+        full = Bank(embeddings, self.targets)
+        members = [fit_member(v, full, self.feats, self.weights(v)) for v in variants]
+        return members, full if any(m.rows is not None for m in members) else None
+
+
+@dataclass
 class _Candidate:
     text: str
     variant: Variant
@@ -462,28 +503,17 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
     def refit(self, labels: pd.DataFrame) -> QualityGapRouter:
         """This router's text, members and calibration fitted on other labelled rows, nothing
         chosen again: how a distilled student's teacher is held out from a source."""
-        labels = labels.reset_index(drop=True)
-        sources = labels["source"].to_numpy().astype(str)
-        golden = np.char.startswith(sources, GOLDEN_PREFIX)
-        raw_features = prompt_features(labels["prompt"].tolist())
-        mean, std = raw_features.mean(0), raw_features.std(0) + 1e-6
-        targets = standardise_within_source(labels[list(PROMPT_LABELS)].to_numpy(float), sources)
+        inputs = _FitInputs.of(labels.reset_index(drop=True))
         to_text = TEXT_MODES[self.text]
-        bank = Bank(self.embedder.encode([to_text(p) for p in labels["prompt"]]), targets)
-        members = [
-            fit_member(
-                m.variant,
-                bank,
-                (raw_features - mean) / std,
-                np.where(golden, 1.0, m.variant.other_weight),
-            )
-            for m in self.members
-        ]
+        members, bank = inputs.fit(
+            [m.variant for m in self.members],
+            self.embedder.encode([to_text(p) for p in labels["prompt"]]),
+        )
         return type(self)(
             members,
-            bank if any(m.rows is not None for m in members) else None,
+            bank,
             self.calibration,
-            (mean, std),
+            inputs.feature_stats,
             text=self.text,
             strong_model=self.strong_model,
             weak_model=self.weak_model,
@@ -547,26 +577,17 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
     ) -> QualityGapRouter:
         """Choose text, members and calibration by held-out APGR, then refit on every row."""
         labels = labels.reset_index(drop=True)
-        sources = labels["source"].to_numpy().astype(str)
-        golden = np.char.startswith(sources, GOLDEN_PREFIX)
+        inputs = _FitInputs.of(labels)
+        sources, golden = inputs.sources, inputs.golden
+        feats, targets = inputs.feats, inputs.targets
         judged = _judged_sources(sources, golden)
         grid = list(grid or default_grid(bool(golden.any())))
         # Cross-fitting trains K routers; there the benchmark's own text is the one to learn.
         texts = list(texts or (["prompt"] if golden.any() else list(TEXT_MODES)))
         prompts = labels["prompt"].tolist()
-        raw_features = prompt_features(prompts)
-        mean, std = raw_features.mean(0), raw_features.std(0) + 1e-6
-        feats = (raw_features - mean) / std
-        targets = standardise_within_source(labels[list(PROMPT_LABELS)].to_numpy(float), sources)
         splits = held_out_splits(labels["prompt"], sources, golden, folds, seed)
         weak_q = labels["weak_q"].to_numpy(float)
         strong_q = labels["strong_q"].to_numpy(float)
-
-        # Rows may carry their own weight (a user's `--extra-weight`); the shared sources' weigh 1.
-        row_weight = labels["weight"].fillna(1.0).to_numpy(float) if "weight" in labels else 1.0
-
-        def weights(variant: Variant) -> np.ndarray:
-            return np.where(golden, 1.0, variant.other_weight) * row_weight
 
         def judge(pred: np.ndarray) -> tuple[float, dict[str, float]]:
             by_source = {}
@@ -583,7 +604,7 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
             embedded[text] = emb = embed.encode([TEXT_MODES[text](p) for p in prompts])
             for variant in progress(grid, f"quality_gap {text} candidates", len(grid), "candidate"):
                 pred = np.zeros(len(labels))
-                w = weights(variant)
+                w = inputs.weights(variant)
                 for train, test in splits:
                     bank = Bank(emb[train], targets[train])
                     member = fit_member(variant, bank, feats[train], w[train])
@@ -614,22 +635,19 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
             + "; ".join(c.variant.describe() for c in chosen)
         )
 
-        emb = embedded[text]
-        full = Bank(emb, targets)
-        members = [fit_member(c.variant, full, feats, weights(c.variant)) for c in chosen]
-        bank = full if any(m.rows is not None for m in members) else None
+        members, bank = inputs.fit([c.variant for c in chosen], embedded[text])
         # The logistic map is fitted on held-out predictions, so the probabilities are those of
         # prompts the predictors did not see.
         soft = np.clip((labels["pair_gap"].to_numpy(float) + 1) / 2, 0, 1)
         # Equal weights take the unweighted path: the shipped router's calibration is kept as is.
         calibration = fit_logistic(
-            pred, soft, sources, None if np.ndim(row_weight) == 0 else row_weight
+            pred, soft, sources, None if np.ndim(inputs.row_weight) == 0 else inputs.row_weight
         )
         router = cls(
             members,
             bank,
             calibration,
-            (mean, std),
+            inputs.feature_stats,
             text=text,
             strong_model=strong_model,
             weak_model=weak_model,
