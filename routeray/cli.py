@@ -96,16 +96,13 @@ def _load(router: str, load_option: list[str] | None):
         fail(exc)
 
 
-def _read_labelled(
-    uri: str, s3_endpoint: str | None, prompt_column: str = "prompt"
-) -> tuple[str, Any]:
-    """A user's labelled Parquet (file or directory, local or S3) in the user-label schema,
-    named after the file or directory; failures exit 2."""
+def _read_parquet(uri: str, s3_endpoint: str | None) -> tuple[str, Any]:
+    """A Parquet file or directory (local or S3) as one Arrow table, named after the file or
+    directory; failures exit 2."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from batch_jobs.storage import list_parquet, locate
-    from routers.data.user_labels import read_user_labels
 
     try:
         location = locate(uri, s3_endpoint)
@@ -114,35 +111,42 @@ def _read_labelled(
             fail(f"no Parquet files under {uri}")
         tables = [pq.read_table(f.path, filesystem=f.fs) for f in files]
         name = Path(location.path.rstrip("/")).stem
-        frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        return name, pa.concat_tables(tables, promote_options="permissive")
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        fail(exc)
+
+
+def _read_labelled(
+    uri: str, s3_endpoint: str | None, prompt_column: str = "prompt"
+) -> tuple[str, Any]:
+    """A user's labelled Parquet (file or directory, local or S3) in the user-label schema,
+    named after the file or directory; failures exit 2."""
+    import pyarrow as pa
+
+    from routers.data.user_labels import read_user_labels
+
+    name, table = _read_parquet(uri, s3_endpoint)
+    try:
+        frame = table.to_pandas()
         if prompt_column != "prompt" and prompt_column in frame.columns:
             frame = frame.drop(columns=["prompt"], errors="ignore")
             frame = frame.rename(columns={prompt_column: "prompt"})
         return name, read_user_labels(frame, name)
-    except (OSError, ValueError, pa.ArrowException) as exc:
+    except (ValueError, pa.ArrowException) as exc:
         fail(exc)
 
 
 def _read_corpus(uri: str, s3_endpoint: str | None, prompt_column: str) -> list[str]:
     """The non-empty prompts of a Parquet file or directory (local or S3); failures exit 2."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from batch_jobs.storage import list_parquet, locate
-
-    try:
-        files = list_parquet(locate(uri, s3_endpoint))
-        if not files:
-            fail(f"no Parquet files under {uri}")
-        prompts: list[str] = []
-        for f in files:
-            table = pq.read_table(f.path, filesystem=f.fs)
-            if prompt_column not in table.column_names:
-                fail(f"{f.path} has no column {prompt_column!r}")
-            prompts += [p for p in table.column(prompt_column).to_pylist() if p and p.strip()]
-        return prompts
-    except (OSError, pa.ArrowException) as exc:
-        fail(exc)
+    _, table = _read_parquet(uri, s3_endpoint)
+    if prompt_column not in table.column_names:
+        fail(f"{uri} has no column {prompt_column!r}")
+    column = table.column(prompt_column)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        fail(f"{uri}: column {prompt_column!r} holds {column.type}, not text")
+    return [p for p in column.to_pylist() if p and p.strip()]
 
 
 @app.command()

@@ -382,6 +382,21 @@ def test_corpus_needs_a_kind_that_learns_from_one(tmp_path: Path):
     assert "router kind 'mf' has no training option 'corpus'" in result.output
 
 
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [("text", "has no column 'prompt'"), ("prompt", "column 'prompt' holds int64, not text")],
+)
+def test_a_corpus_without_text_prompts_fails_clearly(tmp_path: Path, column: str, message: str):
+    train_dir, eval_dir = _training_dirs(tmp_path)
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({column: [1, 2, 3] if column == "prompt" else ["a", "b"]}), corpus)
+    args = ["--train-dir", train_dir, "--eval-dir", eval_dir, "--output", tmp_path / "r"]
+    result = invoke("train", "--kind", "distilled", "--corpus", corpus, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_corpus_command_records_where_the_prompts_came_from(tmp_path: Path):
     import subprocess
 
