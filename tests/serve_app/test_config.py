@@ -17,7 +17,7 @@ def test_shipped_serve_configs_load(name):
     config = ServeConfig.from_yaml(ROOT / name)
     assert config.strong.kind == "openai" and config.weak.kind == "vllm"
     assert config.strong.api_key.env == "STRONG_API_KEY"
-    assert "default" in config.routers[0].aliases
+    assert config.routers[0].aliases == ["default", "fast"]
 
 
 def test_gpu_config_puts_models_on_gpus():
