@@ -7,7 +7,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
@@ -22,10 +22,45 @@ MAX_N = 128
 MAX_JSON_DEPTH = 64
 
 
-class ContentPart(BaseModel):
+# The content parts of the OpenAI chat API, each with the field its kind requires: the request
+# document (GET /openapi.json) then calls valid only what a backend can read. Which models take
+# images, audio or files is the deployment's to say; a text-only model refuses them with a 400.
+class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    url: StrictStr
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    data: StrictStr
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FilePart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 
 class Message(BaseModel):
@@ -36,7 +71,7 @@ class Message(BaseModel):
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "\n".join(p.text or "" for p in self.content or [] if p.type == "text")
+        return "\n".join(p.text for p in self.content or [] if isinstance(p, TextPart))
 
 
 class ChatRequest(BaseModel):
@@ -114,9 +149,19 @@ def _validate(model: type[_Body], body: dict[str, Any]) -> _Body:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        raise APIError(400, f"invalid request: {param}: {first['msg']}", param=param) from exc
+        # A value that fits no branch of a union fails in each; the deepest error is the one
+        # about the branch the value was meant for (a list of parts, not a string).
+        error = max(exc.errors(), key=lambda e: len(e["loc"]))
+        param = ".".join(str(p) for p in _field_path(error["loc"]))
+        raise APIError(400, f"invalid request: {param}: {error['msg']}", param=param) from exc
+
+
+def _field_path(loc: tuple[int | str, ...]) -> list[int | str]:
+    """The fields of an error's location, without pydantic's names for union branches
+    (`list[...]`) and with a tagged union's tag, which precedes its field of the same name,
+    said once."""
+    parts = [p for p in loc if not (isinstance(p, str) and "[" in p)]
+    return [p for i, p in enumerate(parts) if i + 1 == len(parts) or p != parts[i + 1]]
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:

@@ -97,6 +97,31 @@ def test_parse_errors_are_400_with_the_param(raw, param):
         assert info.value.param.startswith(param)
 
 
+@pytest.mark.parametrize(
+    ("part", "param", "says"),
+    [
+        ({"type": ""}, "messages.0.content.0", "does not match any of the expected tags"),
+        ({"type": "text"}, "messages.0.content.0.text", "Field required"),
+        ({"type": "text", "text": 5}, "messages.0.content.0.text", "valid string"),
+        ({"type": "image_url"}, "messages.0.content.0.image_url", "Field required"),
+        (
+            {"type": "input_audio", "input_audio": {"data": "x"}},
+            "messages.0.content.0.input_audio.format",
+            "Field required",
+        ),
+    ],
+)
+def test_a_content_part_needs_what_its_kind_requires(part, param, says):
+    """The request document calls valid only parts a backend can read (a part of an unknown
+    kind, or a text part without text, once passed as valid and failed in vLLM); the error
+    names the part's field, not a union branch's."""
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": [part]}]})
+    with pytest.raises(APIError) as info:
+        parse_chat_request(raw.encode())
+    assert info.value.status == 400
+    assert info.value.param == param and says in str(info.value)
+
+
 def test_route_request_chat_body_or_prompts():
     chat = {
         "model": "router-gap",
