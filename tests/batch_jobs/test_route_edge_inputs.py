@@ -1,12 +1,13 @@
-"""Exactly-once at the edges, on a local filesystem: an archive with an empty file and files
+"""Exactly-once at the edges, into a local filesystem: an archive with an empty file and files
 of different schemas, a job killed midway (half-written temporary files left behind) and run
-again. Every row comes out once, every input has its output, and no leftovers stay."""
+again. Every row comes out once, every input has its output, and no leftovers stay.
+
+The archive is read from the loopback S3, so that the kill can be certain to land midway: the
+reads of the last file the job routes are held until it is dead."""
 
 from __future__ import annotations
 
 import os
-import signal
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,11 +17,12 @@ import pytest
 from batch_jobs.commit import STAGING_DIR
 from batch_jobs.route import run
 from routeray.demo.prompts import generate_prompts
-from tests.support.jobs import running_job
+from tests.support.jobs import driver_env, kill_job, running_job, wait_until
+from tests.support.throughput import assert_throughput
 
 pytestmark = pytest.mark.slow
 
-ROWS = 40
+ROWS = 20
 
 
 def write_archive(source: Path) -> dict[str, int]:
@@ -57,31 +59,54 @@ def visible_outputs(out: Path) -> list[Path]:
 
 
 def test_killed_local_job_with_empty_and_mixed_schema_files_reruns_exactly_once(
-    local_ray, tmp_path: Path, tiny_router_dir: Path
+    local_ray, local_s3, tmp_path: Path, tiny_router_dir: Path
 ):
     source, out = tmp_path / "in", tmp_path / "out"
     counts = write_archive(source)
+    bucket = local_s3.bucket()
+    for name in counts:
+        local_s3.client().put_object(
+            Bucket=bucket, Key=f"in/{name}", Body=(source / name).read_bytes()
+        )
     args = [
-        "batch", "route", "--input", str(source), "--output", str(out),
+        "batch", "route", "--input", f"s3://{bucket}/in/", "--output", str(out),
+        "--s3-endpoint", local_s3.endpoint,
         "--router", str(tiny_router_dir), "--threshold", "0.5", "--batch-size", "8",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": local_ray.get_runtime_context().gcs_address}
-    with running_job(args, env) as job:
-        deadline = time.monotonic() + 240
-        while not visible_outputs(out):
-            assert job.poll() is None, "the job ended before it published anything"
-            assert time.monotonic() < deadline, "the job published nothing in time"
-            time.sleep(0.05)
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+    # The driver signs with a key of its own, the cluster's workers with this process's (they
+    # inherited its environment): the hold stops the workers' reads of the string-id file, the
+    # last pass's only file, and lets the driver read its footer when the job starts.
+    workers_key = os.environ["AWS_ACCESS_KEY_ID"]
+    env = {**driver_env(local_ray), "AWS_ACCESS_KEY_ID": "routeray-driver"}
+    empty, held = "day=02/part-0.parquet", "day=04/part-0.parquet"
+    with (
+        local_s3.faults.hold(f"in/{held}", access_key=workers_key),
+        running_job(args, env) as job,
+    ):
+
+        def routed() -> bool:
+            assert job.poll() is None, "the job ended before it routed a file"
+            return any(p != out / empty for p in visible_outputs(out))
+
+        # The empty file is published as the job starts, before anything is routed.
+        wait_until(routed, "the job to publish a routed file")
+        kill_job(job, local_ray)
     before = {p: p.stat().st_mtime_ns for p in visible_outputs(out)}
     assert 0 < len(before) < len(counts), "the kill should land midway"
+    assert out / empty in before and out / held not in before
     # What a killed writer leaves on a local disk: a half-written hidden temporary file.
     leftover = out / "day=05" / ".part-0.parquet.0123abcd.tmp"
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"PAR1 half a file")
 
-    summary = run(str(source), str(out), router=str(tiny_router_dir), threshold=0.5, batch_size=8)
+    summary = run(
+        f"s3://{bucket}/in/",
+        str(out),
+        router=str(tiny_router_dir),
+        threshold=0.5,
+        batch_size=8,
+        s3_endpoint=local_s3.endpoint,
+    )
 
     outputs = visible_outputs(out)
     assert [p.relative_to(out).as_posix() for p in outputs] == sorted(counts)
@@ -97,6 +122,9 @@ def test_killed_local_job_with_empty_and_mixed_schema_files_reruns_exactly_once(
     ids = [str(i) for p in outputs for i in pq.read_table(p).column("id").to_pylist()]
     assert len(ids) == len(set(ids)) == sum(counts.values())
     assert summary["rows"] == sum(counts.values())
+    # The rerun routed only what the kill left unpublished.
+    left = [p.relative_to(out).as_posix() for p in outputs if p not in before]
+    assert_throughput(summary, rows=sum(counts[r] for r in left), files=len(left))
     # Files published before the kill were kept, and nothing half-done is left anywhere.
     assert all(path.stat().st_mtime_ns == stamp for path, stamp in before.items())
     assert not list(out.rglob("*.tmp")) and not (out / STAGING_DIR).exists()

@@ -105,11 +105,16 @@ def test_bad_files_stop_the_job_naming_file_and_column(local_ray, local_s3, tiny
 
 def test_killed_job_reruns_to_every_row_exactly_once(local_ray, local_s3, tiny_router_dir: Path):
     bucket = local_s3.bucket()
-    files, rows = 8, 40
+    files, rows = 4, 20
     put_archive(local_s3, bucket, files=files, rows=rows)
     args = route_archive_args(local_s3, bucket, tiny_router_dir)
-    done_before = kill_midway(local_ray, local_s3, bucket, args)
+    # However fast the job, its last file cannot be published before the kill: its upload is
+    # held, then failed once the job is dead.
+    last = f"out/day={files - 1:02d}/"
+    with local_s3.faults.hold(last):
+        done_before = kill_midway(local_ray, local_s3, bucket, args)
     assert 0 < len(done_before) < files, "the kill should land midway"
+    assert not any(key.startswith(last) for key in done_before)
 
     # What a reader sees after the kill is whole files only, never a partial one.
     partial = read_results(local_s3, bucket, "out").to_pandas()

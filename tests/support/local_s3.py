@@ -47,13 +47,19 @@ class LocalS3:
 
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.faults = S3Faults(DomainDispatcherApplication(create_backend_app))
+        self.faults = faults = S3Faults(DomainDispatcherApplication(create_backend_app))
+
+        class Handler(MotoRequestHandler):
+            def handle(self) -> None:
+                with faults.answering():
+                    super().handle()
+
         self._server = make_server(
             "127.0.0.1",
             self.port,
             self.faults,
             threaded=True,
-            request_handler=MotoRequestHandler,
+            request_handler=Handler,
         )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -72,10 +78,18 @@ class LocalS3:
         self._server.shutdown()
         self._thread.join()
 
-    def client(self) -> Any:
+    def client(self, access_key: str | None = None) -> Any:
+        """A boto3 client; `access_key` signs as another than the environment's (the fault
+        layer can tell such a client's requests from a job's)."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        keys = {}
+        if access_key is not None:
+            keys = {
+                "aws_access_key_id": access_key,
+                "aws_secret_access_key": TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            }
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", **keys)
 
     def bucket(self, prefix: str = "routeray") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"

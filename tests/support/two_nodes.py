@@ -4,7 +4,8 @@ node outright (its raylet, agents and workers at once, as a lost machine would) 
 without touching any other Ray on the machine (`ray stop` would stop every one).
 
 The worker node offers a custom resource, `WORKER_RESOURCE`, that the head lacks, so work can
-be pinned to it; a CPU count per node small enough makes a pool of actors spread over both.
+be pinned to it; a CPU count per node small enough makes a pool of actors spread over both. A
+cluster can outlive a test that kills its worker node: `ensure_worker()` starts a fresh one.
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ class TwoNodeCluster:
     """`with TwoNodeCluster() as cluster:` starts a head node with `head_cpus` CPUs and a worker
     node with `worker_cpus` CPUs plus `WORKER_RESOURCE`. `cluster.address` is the GCS address,
     `cluster.env` the environment for a driver started as a subprocess (RAY_ADDRESS set);
-    `cluster.connect()` makes this process a driver and learns the node ids. On exit both
-    nodes stop and, given `logs_dir`, their Ray logs are copied there first."""
+    `cluster.connect()` makes this process a driver and learns the node ids;
+    `cluster.ensure_worker()` starts a fresh worker node when the last one was killed. On exit
+    every node stops and, given `logs_dir`, their Ray logs are copied there first."""
 
     def __init__(
         self,
@@ -234,21 +236,35 @@ class TwoNodeCluster:
         import ray
 
         ray.init(address=self.address, log_to_driver=False)
+        self._learn_nodes()
+
+    def _learn_nodes(self, timeout_s: float = 120.0) -> None:
+        """Wait until the cluster's live nodes are the head and one worker node, and record
+        their ids: a worker node killed earlier counts as live until the head's health checks
+        give up on it, and work must not be placed on it meanwhile."""
 
         def both() -> list[dict[str, Any]]:
             nodes = self._alive_nodes()
-            return nodes if len(nodes) == 2 else []
+            workers = [n for n in nodes if WORKER_RESOURCE in n["Resources"]]
+            return nodes if len(nodes) == 2 and len(workers) == 1 else []
 
-        nodes = wait_for(both, "both nodes to register")
+        nodes = wait_for(both, "the head and one live worker node to be registered", timeout_s)
         self.worker_id = next(n["NodeID"] for n in nodes if WORKER_RESOURCE in n["Resources"])
         self.head_id = next(n["NodeID"] for n in nodes if WORKER_RESOURCE not in n["Resources"])
+
+    def ensure_worker(self) -> None:
+        """A live worker node: a fresh one (and its id in `worker_id`) if the last was killed.
+        Needs `connect()` first."""
+        if not self.workers or self.workers[-1].process.poll() is not None:
+            self._start_worker()
+        self._learn_nodes()
 
     def kill_worker(self) -> None:
         """The worker node dies at once, as a machine lost would."""
         self.workers[-1].kill()
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM both nodes, SIGKILL whatever of them is left after `grace_s`."""
+        """SIGTERM every node, SIGKILL whatever of them is left after `grace_s`."""
         nodes = [n for n in (*self.workers, self.head) if n is not None]
         procs = [p for node in nodes for p in node.terminate()]
         _, alive = psutil.wait_procs(procs, timeout=grace_s)

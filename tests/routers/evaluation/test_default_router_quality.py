@@ -2,11 +2,13 @@
 
 - The shipped routers (minilm, and fast, which is the default) may not fall below the metrics
   recorded in docs.
-- `routeray eval --cross-fit 5` (the paper's golden-label setting) must reach the paper's best
-  augmented routers on MMLU and GSM8K. MT Bench has 72 prompts: too few to train on.
+- `routeray eval --cross-fit 5` (the paper's golden-label setting, minilm's recipe) may not fall
+  below its APGR recorded in docs/cross_fit_metrics.json, which passes the paper's best augmented
+  routers on MMLU and GSM8K. MT Bench has 72 prompts: too few to train on.
 
 Embeds every kept eval prompt (about 15,400) and the training prompts: the slowest checks here,
-so the module shares one embedding cache between them.
+so the module shares one embedding cache between them, kept between runs for as long as nothing
+that decides a vector changes (tests/support/embedding_cache.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from routeray.cli import app
 from routers import load_router, router_path
 from routers.evaluation.benchmarks import load_benchmark
 from routers.evaluation.metrics import evaluate_scores
+from tests.support.embedding_cache import cache_dir
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -42,7 +45,9 @@ PAPER_AUGMENTED_BEST = {"mmlu": 0.603, "gsm8k": 0.622}
 
 @pytest.fixture(scope="module")
 def embedding_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("embedding-cache")
+    """Kept between runs, in a folder named by everything that decides a vector
+    (tests/support/embedding_cache.py): a rerun reads the vectors instead of embedding again."""
+    return cache_dir(tmp_path_factory.mktemp("embedding-cache"))
 
 
 @pytest.fixture
@@ -68,7 +73,7 @@ def test_shipped_router_apgr_does_not_regress(
 
 
 @pytest.mark.parametrize("benchmark", ["gsm8k", "mmlu"])
-def test_cross_fit_reaches_the_papers_augmented_best(
+def test_cross_fit_apgr_does_not_regress(
     shared_data_dir: Path, benchmark: str, cached: Path, tmp_path: Path
 ):
     result = CliRunner().invoke(
@@ -95,6 +100,10 @@ def test_cross_fit_reaches_the_papers_augmented_best(
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     kind = json.loads((router_path("minilm") / "config.json").read_text())["router"]
     apgr = metrics[f"{kind} cross-fit 5"]["apgr"]
-    assert apgr >= PAPER_AUGMENTED_BEST[benchmark], (
-        f"{benchmark}: cross-fitted APGR {apgr:.4f} < paper {PAPER_AUGMENTED_BEST[benchmark]}"
+    recorded = json.loads((DOCS / "cross_fit_metrics.json").read_text())[kind][benchmark]["apgr"]
+    # Training is seeded and deterministic: the same tolerance as scoring a shipped router.
+    assert apgr >= recorded - TOLERANCE, (
+        f"{benchmark}: cross-fitted APGR {apgr:.4f} fell below the recorded {recorded:.4f}"
     )
+    # What the record claims in the README: past the paper's best augmented router.
+    assert recorded > PAPER_AUGMENTED_BEST[benchmark]
