@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The tests whose outcome once hung on timing, COUNT times each, with every core kept busy by
+# stress-ng: a check that fails here is a bug to fix, not a run to repeat (docs/BENCHMARKS.md,
+# "Test suite"). Prints pytest's summary: how many of the repeats passed and failed.
+#
+#   bash bench/under_load.sh                  # every group below, 10 times each
+#   COUNT=3 bash bench/under_load.sh kills    # one group
+#
+# Needs .venv from `make cpu` (or `make test`), stress-ng on the PATH, and pytest-repeat, which
+# this installs into .venv: the suite itself never repeats a test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${COUNT:-10}
+PY=${PY:-.venv/bin/python}
+
+declare -A GROUPS_=(
+  # Cancel, abandon and close while the engine generates (ignore_eos: it cannot finish first).
+  [engine]="tests/backends/test_vllm_engine.py::test_abandoned_stream_aborts_the_request
+    tests/backends/test_vllm_engine.py::test_cancelled_stream_aborts_the_request
+    tests/backends/test_vllm_engine.py::test_cancelled_complete_is_cancelled
+    tests/backends/test_vllm_engine.py::test_close_ends_requests_in_flight"
+  # Jobs killed midway and rerun: every row once, the kill landing where the test says.
+  [kills]="tests/batch_jobs/test_label.py::test_killed_sample_job_reruns_to_every_sampled_prompt_exactly_once
+    tests/batch_jobs/test_s3.py::test_killed_job_reruns_to_every_row_exactly_once
+    tests/batch_jobs/test_route_edge_inputs.py::test_killed_local_job_with_empty_and_mixed_schema_files_reruns_exactly_once
+    tests/batch_jobs/test_route_under_faults.py"
+  [generate]="tests/batch_jobs/test_generate.py::test_killed_generate_job_resumes_without_asking_again"
+  [two_nodes]="tests/test_two_nodes.py::test_route_job_loses_a_node_midway_and_writes_every_row_once"
+  # The endpoint: a replica killed while it generates, the forced 504, prompts kept out of logs.
+  [serve]="tests/serve_app/test_failures.py::test_a_dead_weak_replica_gives_clean_errors_and_health_reports_it
+    tests/serve_app/test_failures.py::test_an_upstream_timeout_is_a_504
+    tests/serve_app/test_route_endpoint.py::test_prompts_are_not_logged
+    tests/serve_app/test_openai_contract.py"
+  # Time bounds made generous, and the S3 fault layer's holds and delays.
+  [timing]="tests/backends/test_openai_api.py tests/test_s3_faults.py"
+)
+
+"$PY" -m pip install -q pytest-repeat
+command -v stress-ng >/dev/null || { echo "stress-ng is not installed" >&2; exit 1; }
+stress-ng --cpu "$(nproc)" --timeout 0 --quiet &
+STRESS=$!
+trap 'kill $STRESS' EXIT
+
+selected=("$@")
+[ ${#selected[@]} -gt 0 ] || selected=(engine kills generate two_nodes serve timing)
+status=0
+for group in "${selected[@]}"; do
+  echo "== $group: $COUNT times each, $(nproc) stress-ng workers beside it, $(date -u +%T) UTC"
+  # --repeat-scope module: a module's engine or cluster is started once for all its repeats.
+  # shellcheck disable=SC2086
+  CI=true "$PY" -m pytest -q -p no:cacheprovider -p repeat --count "$COUNT" \
+    --repeat-scope module ${GROUPS_[$group]} || status=1
+done
+exit $status
