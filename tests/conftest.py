@@ -65,6 +65,9 @@ def _share_the_cpus(workers: int) -> None:
     share = max(1, (os.cpu_count() or 1) // workers)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(name, str(share))
+    # An OpenMP thread that waits for work (a vLLM engine's between steps) sleeps instead of
+    # spinning on a core the other worker needs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from threadpoolctl import threadpool_limits
 
     threads = int(os.environ["OMP_NUM_THREADS"])
