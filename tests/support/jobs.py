@@ -83,13 +83,20 @@ def driver_env(ray: Any) -> dict[str, str]:
     }
 
 
+# The conditions are costly to look at (an S3 listing, a scan of every process or socket on
+# the host) and the events they wait for are held until the test acts (the fault layer's
+# holds), so a quarter of a second late is never too late; polled every 50 ms they kept the
+# S3 server and the CPUs busy for the whole wait.
+POLL_S = 0.25
+
+
 def wait_until(condition: Callable[[], Any], what: str, timeout_s: float = 240.0) -> Any:
     """Poll `condition` until it returns something truthy and return that; fail saying `what`
     was awaited when `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s
     while not (result := condition()):
         assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(POLL_S)
     return result
 
 
