@@ -22,40 +22,40 @@ MAX_N = 128
 MAX_JSON_DEPTH = 64
 
 
+class _PassThrough(BaseModel):
+    """A part of a request whose fields routeray does not read pass through to the backend."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 # The content parts of the OpenAI chat API, each with the field its kind requires: the request
 # document (GET /openapi.json) then calls valid only what a backend can read. Which models take
 # images, audio or files is the deployment's to say; a text-only model refuses them with a 400.
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class TextPart(_PassThrough):
     type: Literal["text"]
     text: StrictStr
 
 
-class ImageURL(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ImageURL(_PassThrough):
     url: StrictStr
 
 
-class ImagePart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ImagePart(_PassThrough):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class InputAudio(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class InputAudio(_PassThrough):
     data: StrictStr
     format: Literal["wav", "mp3"]
 
 
-class AudioPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class AudioPart(_PassThrough):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
 
-class FilePart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class FilePart(_PassThrough):
     type: Literal["file"]
     file: dict[str, Any]
 
@@ -63,8 +63,7 @@ class FilePart(BaseModel):
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Message(_PassThrough):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
@@ -74,10 +73,9 @@ class Message(BaseModel):
         return "\n".join(p.text for p in self.content or [] if isinstance(p, TextPart))
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_PassThrough):
     """The fields routeray reads; everything else passes through to the backend."""
 
-    model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     # Strict, as the OpenAI API is: "yes" is not a boolean, nor "2" an integer (a number is
