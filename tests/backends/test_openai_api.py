@@ -53,6 +53,20 @@ def keyed_standin() -> Iterator[StrongStandin]:
         yield standin
 
 
+def complete_once(base_url: str, **overrides: Any) -> dict[str, Any]:
+    """One `complete` of MESSAGES through a new backend (`make_config(base_url, **overrides)`),
+    closed after."""
+
+    async def go() -> dict[str, Any]:
+        backend = OpenAIAPIBackend(make_config(base_url, **overrides))
+        try:
+            return await backend.complete({"messages": MESSAGES})
+        finally:
+            await backend.close()
+
+    return run(go())
+
+
 def make_config(base_url: str, **overrides: Any) -> OpenAIBackendConfig:
     # Small waits everywhere: backoff_max_s=0.5 still lets Retry-After up to 2 s through.
     values: dict[str, Any] = {
@@ -191,15 +205,8 @@ def test_retry_after_is_capped(standin: StrongStandin) -> None:
 def test_500_beyond_max_retries_gives_up(standin: StrongStandin) -> None:
     standin.inject("500", times=10)
 
-    async def go() -> None:
-        backend = OpenAIAPIBackend(make_config(standin.base_url, max_retries=2))
-        try:
-            await backend.complete({"messages": MESSAGES})
-        finally:
-            await backend.close()
-
     with pytest.raises(BackendError) as info:
-        run(go())
+        complete_once(standin.base_url, max_retries=2)
     assert info.value.status == 500
     assert info.value.retryable is True
     assert "500" in str(info.value) and "stand-in injected" in str(info.value)
@@ -210,15 +217,8 @@ def test_500_beyond_max_retries_gives_up(standin: StrongStandin) -> None:
 def test_other_4xx_is_not_retried(standin: StrongStandin, status: str) -> None:
     standin.inject(status, times=3)
 
-    async def go() -> None:
-        backend = OpenAIAPIBackend(make_config(standin.base_url))
-        try:
-            await backend.complete({"messages": MESSAGES})
-        finally:
-            await backend.close()
-
     with pytest.raises(BackendError) as info:
-        run(go())
+        complete_once(standin.base_url)
     assert info.value.status == int(status)
     assert info.value.retryable is False
     assert status in str(info.value)
@@ -229,16 +229,9 @@ def test_timeout_is_retried_then_reported(standin: StrongStandin) -> None:
     # The server would answer after 30 s (its sleep ends when the client hangs up).
     standin.inject("timeout", times=5, delay=30)
 
-    async def go() -> None:
-        backend = OpenAIAPIBackend(make_config(standin.base_url, timeout_s=0.5, max_retries=1))
-        try:
-            await backend.complete({"messages": MESSAGES})
-        finally:
-            await backend.close()
-
     start = time.monotonic()
     with pytest.raises(BackendError) as info:
-        run(go())
+        complete_once(standin.base_url, timeout_s=0.5, max_retries=1)
     # Two 0.5 s attempts, not the 30 s stall: a bound far from both.
     assert time.monotonic() - start < 15
     assert "timeout" in str(info.value).lower()
@@ -268,15 +261,8 @@ def test_connection_refused_is_a_backend_error() -> None:
         held.bind(("127.0.0.1", 0))
         base_url = f"http://127.0.0.1:{held.getsockname()[1]}/v1"
 
-        async def go() -> None:
-            backend = OpenAIAPIBackend(make_config(base_url, max_retries=1))
-            try:
-                await backend.complete({"messages": MESSAGES})
-            finally:
-                await backend.close()
-
         with pytest.raises(BackendError) as info:
-            run(go())
+            complete_once(base_url, max_retries=1)
     assert info.value.retryable is True
     assert "connection error" in str(info.value)
 
@@ -511,15 +497,8 @@ def test_wrong_key_is_401_not_retried_and_never_leaks(
 def test_missing_key_is_401(keyed_standin: StrongStandin, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
 
-    async def go() -> None:
-        backend = OpenAIAPIBackend(make_config(keyed_standin.base_url))
-        try:
-            await backend.complete({"messages": MESSAGES})
-        finally:
-            await backend.close()
-
     with pytest.raises(BackendError) as info:
-        run(go())
+        complete_once(keyed_standin.base_url)
     assert info.value.status == 401
 
 
