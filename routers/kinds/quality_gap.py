@@ -26,12 +26,13 @@ with a benchmark's own labels (`routeray eval --cross-fit` adds them as sources 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,7 @@ from routers.text.features import prompt_features
 from routers.training.splits import prompt_folds
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LABEL_SETS = {
     "all_fail": ("all_fail",),
@@ -176,16 +178,29 @@ def standardise_within_source(values: np.ndarray, sources: np.ndarray) -> np.nda
     return out
 
 
-def fit_ridge(
-    x: np.ndarray, y: np.ndarray, weight: np.ndarray, alpha: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted ridge with an unpenalised intercept, all targets at once."""
+def weighted_gram(x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted mean of x's rows and the weighted scatter about it (times the row count):
+    what a weighted ridge fit on x needs besides its targets and penalty."""
     w = weight / weight.sum()
     x_mean = w @ x
+    xc = x - x_mean
+    return x_mean, (xc * w[:, None]).T @ xc * len(x)
+
+
+def fit_ridge(
+    x: np.ndarray,
+    y: np.ndarray,
+    weight: np.ndarray,
+    alpha: float,
+    gram: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ridge with an unpenalised intercept, all targets at once; `gram` is
+    `weighted_gram(x, weight)` when already known."""
+    x_mean, scatter = gram if gram is not None else weighted_gram(x, weight)
+    w = weight / weight.sum()
     y_mean = w @ y
     xc, yc = x - x_mean, y - y_mean
-    gram = (xc * w[:, None]).T @ xc * len(x) + alpha * np.eye(x.shape[1])
-    coef = np.linalg.solve(gram, (xc * w[:, None]).T @ yc * len(x))
+    coef = np.linalg.solve(scatter + alpha * np.eye(x.shape[1]), (xc * w[:, None]).T @ yc * len(x))
     return coef, y_mean - x_mean @ coef
 
 
@@ -199,32 +214,73 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return tensor(a).matmul(tensor(b)).numpy()
 
 
-def knn_predict(
-    queries: np.ndarray,
-    bank: np.ndarray,
-    targets: np.ndarray,
-    weight: np.ndarray,
-    k: int,
-    temperature: float,
-) -> np.ndarray:
+def nearest(queries: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's `k` most similar bank rows, in no particular order, and their similarities."""
     k = min(k, len(bank))
-    out = np.empty((len(queries), targets.shape[1]))
+    top = np.empty((len(queries), k), dtype=np.int64)
+    near = np.empty((len(queries), k), dtype=np.float32)
     for start in range(0, len(queries), QUERY_CHUNK):
-        sims = matmul(queries[start : start + QUERY_CHUNK], bank.T)
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        near = np.take_along_axis(sims, top, axis=1).astype(np.float64)
-        mass = np.exp((near - near.max(axis=1, keepdims=True)) / temperature) * weight[top]
+        rows = slice(start, start + QUERY_CHUNK)
+        sims = matmul(queries[rows], bank.T)
+        # torch.topk is faster, but among exactly tied neighbours (copies of a prompt) it
+        # picks others than argpartition does, which moves the shipped routers' scores.
+        top[rows] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        near[rows] = np.take_along_axis(sims, top[rows], axis=1)
+    return top, near
+
+
+def knn_predict(
+    top: np.ndarray, near: np.ndarray, targets: np.ndarray, weight: np.ndarray, temperature: float
+) -> np.ndarray:
+    """The similarity-weighted mean of the neighbours' targets (`nearest`'s `top` and `near`)."""
+    out = np.empty((len(top), targets.shape[1]))
+    for start in range(0, len(top), QUERY_CHUNK):
+        rows = slice(start, start + QUERY_CHUNK)
+        sims = near[rows].astype(np.float64)
+        mass = np.exp((sims - sims.max(axis=1, keepdims=True)) / temperature) * weight[top[rows]]
         mass /= mass.sum(axis=1, keepdims=True)
-        out[start : start + QUERY_CHUNK] = np.einsum("qk,qkl->ql", mass, targets[top])
+        out[rows] = np.einsum("qk,qkl->ql", mass, targets[top[rows]])
     return out
+
+
+def _digest(array: np.ndarray) -> tuple[Any, ...]:
+    array = np.ascontiguousarray(array)
+    return array.shape, array.dtype.str, hashlib.blake2b(array.data, digest_size=16).digest()
 
 
 @dataclass
 class Bank:
-    """The training prompts kNN members look up: embeddings and all labels."""
+    """The training rows members are fitted on and kNN members look up: embeddings and all
+    labels.
+
+    With `memo` (a dict; None: off) the bank remembers what members compute from its rows
+    alone (neighbour searches, weighted grams), keyed by the content of what they were asked:
+    while a router trains, members that differ only in labels, penalty or temperature ask the
+    same, once."""
 
     embeddings: np.ndarray
     targets: np.ndarray
+    memo: dict[tuple[Any, ...], Any] | None = None
+
+    def remembered(self, key: Callable[[], tuple[Any, ...]], compute: Callable[[], T]) -> T:
+        """`compute()`, or what it gave before for the same `key()`."""
+        if self.memo is None:
+            return compute()
+        found = key()
+        if found not in self.memo:
+            self.memo[found] = compute()
+        return self.memo[found]
+
+    def nearest(
+        self, queries: np.ndarray, rows: np.ndarray | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`nearest` among the bank's `rows` (None: all), as indices into those rows."""
+        if rows is not None and len(rows) == len(self.embeddings):
+            rows = None
+        return self.remembered(
+            lambda: ("nearest", _digest(queries), None if rows is None else _digest(rows), k),
+            lambda: nearest(queries, self.embeddings if rows is None else self.embeddings[rows], k),
+        )
 
 
 @dataclass
@@ -242,18 +298,15 @@ class Member:
     rows: np.ndarray | None = None
     row_weight: np.ndarray | None = None
 
-    def _lookup(self, bank: Bank) -> tuple[np.ndarray, np.ndarray]:
-        if self.rows is None or len(self.rows) == len(bank.embeddings):
-            return bank.embeddings, bank.targets[:, self.variant.columns]
-        return bank.embeddings[self.rows], bank.targets[self.rows][:, self.variant.columns]
-
     def ridge(self, emb: np.ndarray, feats: np.ndarray | None) -> np.ndarray:
         return matmul(_design(emb, feats, self.variant.features), self.coef) + self.intercept
 
     def knn(self, emb: np.ndarray, bank: Bank) -> np.ndarray:
-        bank_emb, bank_targets = self._lookup(bank)
-        v = self.variant
-        return knn_predict(emb, bank_emb, bank_targets, self.row_weight, v.k, v.temperature)
+        top, near = bank.nearest(emb, self.rows, self.variant.k)
+        targets = bank.targets if self.rows is None else bank.targets[self.rows]
+        return knn_predict(
+            top, near, targets[:, self.variant.columns], self.row_weight, self.variant.temperature
+        )
 
     def predict(self, emb: np.ndarray, feats: np.ndarray | None, bank: Bank | None) -> np.ndarray:
         share = self.variant.ridge_share
@@ -282,11 +335,18 @@ def fit_member(variant: Variant, bank: Bank, feats: np.ndarray, weight: np.ndarr
         variant, None, None, np.tile([0.0, 1.0, 0.0, 1.0], (n, 1)), np.array([0.0, 1.0])
     )
     if variant.ridge_share > 0:
+        x = _design(emb[rows], feats[rows], variant.features)
+        gram = bank.remembered(
+            lambda: (
+                "gram",
+                _digest(rows),
+                _digest(weight[rows]),
+                _digest(feats[rows]) if variant.features else None,
+            ),
+            lambda: weighted_gram(x, weight[rows]),
+        )
         member.coef, member.intercept = fit_ridge(
-            _design(emb[rows], feats[rows], variant.features),
-            bank.targets[rows][:, variant.columns],
-            weight[rows],
-            variant.alpha,
+            x, bank.targets[rows][:, variant.columns], weight[rows], variant.alpha, gram
         )
     if variant.ridge_share < 1:
         member.rows, member.row_weight = rows.astype(np.int64), weight[rows].astype(np.float64)
@@ -602,13 +662,16 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
         for text in texts:
             logger.info(f"embedding {len(set(prompts))} unique prompts ({text})")
             embedded[text] = emb = embed.encode([TEXT_MODES[text](p) for p in prompts])
-            for variant in progress(grid, f"quality_gap {text} candidates", len(grid), "candidate"):
-                pred = np.zeros(len(labels))
-                w = inputs.weights(variant)
-                for train, test in splits:
-                    bank = Bank(emb[train], targets[train])
+            held_out = np.zeros((len(grid), len(labels)))
+            weights = [inputs.weights(variant) for variant in grid]
+            bar = progress(splits, f"quality_gap {text} held-out splits", len(splits), "split")
+            for train, test in bar:
+                # One bank a split, shared by the grid, which asks it much the same.
+                bank = Bank(emb[train], targets[train], memo={})
+                for variant, w, pred in zip(grid, weights, held_out, strict=True):
                     member = fit_member(variant, bank, feats[train], w[train])
                     pred[test] = member.predict(emb[test], feats[test], bank)
+            for variant, pred in zip(grid, held_out, strict=True):
                 criterion, by_source = judge(pred)
                 candidates.append(_Candidate(text, variant, pred, criterion, by_source))
                 logger.info(

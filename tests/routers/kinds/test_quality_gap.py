@@ -9,8 +9,16 @@ import pytest
 from routers.checkpoint import load_router, save_router
 from routers.data.prompt_labels import LABEL_COLUMNS, golden_labels, labels_from_quality
 from routers.data.tables import golden_table
+from routers.kinds import quality_gap
 from routers.kinds.mf import MFRouter
-from routers.kinds.quality_gap import QualityGapRouter, Variant, default_grid, question_stem
+from routers.kinds.quality_gap import (
+    Bank,
+    QualityGapRouter,
+    Variant,
+    default_grid,
+    fit_member,
+    question_stem,
+)
 from routers.protocol import OptionError
 from routers.training.splits import prompt_folds
 
@@ -81,6 +89,57 @@ def test_router_learns_the_gap_and_round_trips(tmp_path):
     assert len(router.hyperparameters["candidates"]) == 2 * len(SMALL_GRID)
     loaded = load_router(save_router(router, tmp_path / "qg"))
     np.testing.assert_array_equal(loaded.score(hard + easy), scores)
+
+
+def test_a_remembering_bank_asks_once_and_fits_the_same_members(monkeypatch):
+    """Training shares one bank a split across the grid: members that differ only in labels,
+    penalty, weights of other rows or temperature search and sum their rows once, and get
+    what a bank of their own would give them."""
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((300, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    targets = rng.standard_normal((300, len(quality_gap.PROMPT_LABELS)))
+    feats = rng.standard_normal((300, 4))
+    golden = np.arange(300) % 3 == 0
+    grid = [
+        Variant(model, labels, True, alpha, k=20, temperature=t, other_weight=other)
+        for model, labels, alpha, t, other in (
+            ("ridge", "pair", 1.0, 0.2, 1.0),
+            ("ridge", "all", 10.0, 0.2, 1.0),
+            ("ridge", "all", 1.0, 0.2, 0.0),
+            ("ridge", "pair", 1.0, 0.2, 0.1),
+            ("knn", "pair", 1.0, 0.2, 1.0),
+            ("knn", "all", 1.0, 1.0, 0.1),
+            ("knn", "pair", 1.0, 0.2, 0.0),
+            ("blend", "pair", 10.0, 0.05, 1.0),
+        )
+    ]
+    calls = {"nearest": 0, "weighted_gram": 0}
+    for name in calls:
+        real = getattr(quality_gap, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(quality_gap, name, counted)
+
+    def weights(v: Variant) -> np.ndarray:
+        return np.where(golden, 1.0, v.other_weight)
+
+    shared = Bank(emb, targets, memo={})
+    queries = emb[:50]
+    together = [fit_member(v, shared, feats, weights(v)) for v in grid]
+    predicted = [m.predict(queries, feats[:50], shared) for m in together]
+    # Searches: every row (other_weight 1 and 0.1) and the golden ones, each for its fitting
+    # sample and for the queries. Sums: every row weighed 1, or the others 0.1, and golden.
+    assert calls == {"nearest": 4, "weighted_gram": 3}
+    for variant, member, prediction in zip(grid, together, predicted, strict=True):
+        alone = Bank(emb, targets)
+        own = fit_member(variant, alone, feats, weights(variant))
+        np.testing.assert_array_equal(prediction, own.predict(queries, feats[:50], alone))
+        for name in ("coef", "intercept", "norms", "output"):
+            np.testing.assert_array_equal(getattr(member, name), getattr(own, name))
 
 
 def test_pair_overrides_are_refused(tmp_path):
