@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.kinds.mf import MFNet, MFRouter
 from routers.text.hf import offline
 from tests.support.ci import running_in_ci
+from tests.support.ray_start import ATTEMPTS, RAY_TEST_ENV, gave_up, kill
 
 # Tests never reach a model hub: the embedder ships inside a pip package.
 offline()
@@ -53,6 +55,9 @@ def _rank(nodeid: str) -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Before any Ray starts: its workers, the clusters and drivers the tests start inherit them.
+    for name, value in RAY_TEST_ENV.items():
+        os.environ.setdefault(name, value)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         _share_the_cpus(workers)
@@ -199,12 +204,23 @@ class LocalRay:
         if not ray.is_initialized():
             # Before Ray starts: its workers read the loopback S3 themselves.
             use_test_credentials()
-            self.metrics_port = free_port()
-            ray.init(
-                num_cpus=self.CPUS,
-                include_dashboard=False,
-                _metrics_export_port=self.metrics_port,
-            )
+            for attempt in range(1, ATTEMPTS + 1):
+                self.metrics_port = free_port()
+                before = {p.pid for p in psutil.Process().children(recursive=True)}
+                try:
+                    ray.init(
+                        num_cpus=self.CPUS,
+                        include_dashboard=False,
+                        _metrics_export_port=self.metrics_port,
+                    )
+                    break
+                except Exception as error:
+                    if attempt == ATTEMPTS or not gave_up(str(error)):
+                        raise
+                    # The node that gave up left its GCS and raylet running: stop them first.
+                    ray.shutdown()
+                    children = psutil.Process().children(recursive=True)
+                    kill([p for p in children if p.pid not in before])
             self._address = ray.get_runtime_context().gcs_address
         return ray
 

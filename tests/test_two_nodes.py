@@ -213,3 +213,55 @@ def test_endpoint_answers_through_the_head_with_its_router_on_the_worker(
                 assert body["choices"][0]["message"]["content"].startswith(prefix)
         finally:
             serve.shutdown()
+
+
+def test_a_node_ray_gave_up_on_is_stopped_and_started_again(monkeypatch, tmp_path):
+    """`ray start` exits when its raylet has not registered within Ray's fixed 30 s (on a
+    machine busy enough): the cluster kills what that start left running and starts the node
+    again, on fresh ports, up to three times in all; any other failure to start is final."""
+    import shutil
+    import subprocess
+
+    from tests.support import two_nodes
+    from tests.support.ray_start import GAVE_UP
+
+    started: list[FakeNode] = []
+    killed: list[FakeNode] = []
+    failures = [two_nodes.GaveUp] * 3
+
+    class FakeNode:
+        def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str]) -> None:
+            self.args = args
+            self.process = subprocess.Popen(["true"])
+            started.append(self)
+
+        def wait_started(self) -> None:
+            if failures:
+                raise failures.pop(0)(f"ray start exited: {GAVE_UP}")
+
+        def processes(self) -> list[FakeNode]:
+            return [self]
+
+    monkeypatch.setattr(two_nodes, "RayNode", FakeNode)
+    monkeypatch.setattr(two_nodes, "kill", killed.extend)
+    cluster = TwoNodeCluster()
+    try:
+        with pytest.raises(two_nodes.GaveUp):
+            cluster._start_head()
+        assert len(started) == 3 and killed == started[:2]
+
+        started.clear(), killed.clear()
+        failures[:] = [two_nodes.GaveUp, RuntimeError]
+        with pytest.raises(RuntimeError, match=GAVE_UP):
+            cluster._start_head()
+        assert len(started) == 2 and killed == started[:1]
+
+        started.clear(), killed.clear()
+        failures[:] = [two_nodes.GaveUp]
+        cluster._start_head()
+        assert cluster.head is started[1] and killed == started[:1]
+        ports = [next(a for a in node.args if a.startswith("--port=")) for node in started]
+        assert ports[0] != ports[1] == f"--port={cluster.port}"
+        assert cluster.env["RAY_ADDRESS"] == cluster.address == f"127.0.0.1:{cluster.port}"
+    finally:
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import psutil
 
 from routeray.demo.config import free_port
+from tests.support.ray_start import ATTEMPTS, gave_up, kill
 
 RAY = Path(sys.executable).with_name("ray")
 WORKER_RESOURCE = "routeray_test_worker"
@@ -41,6 +42,10 @@ CLUSTER_ENV = {
 }
 
 T = TypeVar("T")
+
+
+class GaveUp(RuntimeError):
+    """`ray start` exited because its raylet did not register within Ray's fixed 30 s."""
 
 
 def wait_for(
@@ -74,21 +79,32 @@ class RayNode:
             )
 
     def wait_started(self, timeout_s: float = 120.0) -> None:
+        """Until `ray start` says the node runs; `GaveUp` if Ray ran out of its own wait."""
+
         def started() -> bool:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ray start ({self.name}) exited:\n{self.log.read_text()}")
+                output = self.log.read_text()
+                error = GaveUp if gave_up(output) else RuntimeError
+                raise error(f"ray start ({self.name}) exited:\n{output}")
             return STARTED in self.log.read_text()
 
         wait_for(started, f"the {self.name} node to start", timeout_s)
 
     def processes(self) -> list[psutil.Process]:
         """`ray start` and everything under it. Ray's workers run in process groups of their
-        own, so killing the process group would miss them: follow parent links instead."""
+        own, so killing the process group would miss them: follow parent links instead, and
+        once `ray start` has exited, find its orphans by the session it made."""
         try:
             root = psutil.Process(self.process.pid)
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return []
+            pass
+        orphans = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(ProcessLookupError, psutil.Error):
+                if os.getsid(proc.pid) == self.process.pid:
+                    orphans.append(proc)
+        return orphans
 
     def kill(self) -> None:
         """SIGKILL every process of the node at once: none of them gets to tell the others."""
@@ -188,43 +204,56 @@ class TwoNodeCluster:
                 stdout=subprocess.DEVNULL,  # the token itself
                 stderr=subprocess.DEVNULL,
             )
-        self.head = RayNode(
-            "head",
-            [
-                "--head",
-                f"--port={self.port}",
-                f"--num-cpus={self.head_cpus}",
-                # Ray's state API (where actors run) is served by the dashboard's process; its
-                # web pages listen on loopback only.
-                "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={free_port()}",
-                f"--ray-client-server-port={free_port()}",
-                f"--temp-dir={self.temp_dir}",
-                *self._node_ports(),
-                *self._common,
-            ],
-            self.temp_dir / "head.log",
-            self.env,
-        )
-        self.head.wait_started()
+        self.head = self._start_node("head", self._head_args, self.temp_dir / "head.log")
+
+    def _start_node(self, name: str, args: Callable[[], list[str]], log: Path) -> RayNode:
+        """A started node, started again (up to ATTEMPTS in all) when Ray gave up on it."""
+        for _ in range(ATTEMPTS - 1):
+            node = RayNode(name, args(), log, self.env)
+            try:
+                node.wait_started()
+                return node
+            except GaveUp:
+                kill(node.processes())
+                node.process.wait()
+        node = RayNode(name, args(), log, self.env)
+        node.wait_started()
+        return node
+
+    def _head_args(self) -> list[str]:
+        # A fresh port each time: one a killed GCS held may not be free yet.
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env["RAY_ADDRESS"] = self.address
+        return [
+            "--head",
+            f"--port={self.port}",
+            f"--num-cpus={self.head_cpus}",
+            # Ray's state API (where actors run) is served by the dashboard's process; its
+            # web pages listen on loopback only.
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--temp-dir={self.temp_dir}",
+            *self._node_ports(),
+            *self._common,
+        ]
 
     def _start_worker(self) -> RayNode:
-        worker = RayNode(
-            f"worker-{len(self.workers) + 1}",
-            [
-                f"--address={self.address}",
-                f"--num-cpus={self.worker_cpus}",
-                f"--resources={json.dumps({WORKER_RESOURCE: 1})}",
-                *self._node_ports(),
-                *self._common,
-            ],
-            self.temp_dir / f"worker-{len(self.workers) + 1}.log",
-            self.env,
-        )
+        name = f"worker-{len(self.workers) + 1}"
+        worker = self._start_node(name, self._worker_args, self.temp_dir / f"{name}.log")
         self.workers.append(worker)
-        worker.wait_started()
         return worker
+
+    def _worker_args(self) -> list[str]:
+        return [
+            f"--address={self.address}",
+            f"--num-cpus={self.worker_cpus}",
+            f"--resources={json.dumps({WORKER_RESOURCE: 1})}",
+            *self._node_ports(),
+            *self._common,
+        ]
 
     def _alive_nodes(self) -> list[dict[str, Any]]:
         import ray
