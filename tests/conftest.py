@@ -55,7 +55,8 @@ def _rank(nodeid: str) -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Before any Ray starts: its workers, the clusters and drivers the tests start inherit them.
+    # Before any Ray starts: Serve's controller, and the clusters and drivers the tests start,
+    # inherit them.
     for name, value in RAY_TEST_ENV.items():
         os.environ.setdefault(name, value)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
