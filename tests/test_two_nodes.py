@@ -220,7 +220,6 @@ def test_a_node_ray_gave_up_on_is_stopped_and_started_again(monkeypatch, tmp_pat
     machine busy enough): the cluster kills what that start left running and starts the node
     again, on fresh ports, up to three times in all; any other failure to start is final."""
     import shutil
-    import subprocess
 
     from tests.support import two_nodes
     from tests.support.ray_start import GAVE_UP
@@ -232,18 +231,16 @@ def test_a_node_ray_gave_up_on_is_stopped_and_started_again(monkeypatch, tmp_pat
     class FakeNode:
         def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str]) -> None:
             self.args = args
-            self.process = subprocess.Popen(["true"])
             started.append(self)
 
         def wait_started(self) -> None:
             if failures:
                 raise failures.pop(0)(f"ray start exited: {GAVE_UP}")
 
-        def processes(self) -> list[FakeNode]:
-            return [self]
+        def kill(self) -> None:
+            killed.append(self)
 
     monkeypatch.setattr(two_nodes, "RayNode", FakeNode)
-    monkeypatch.setattr(two_nodes, "kill", killed.extend)
     cluster = TwoNodeCluster()
     try:
         with pytest.raises(two_nodes.GaveUp):

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import psutil
 
 from routeray.demo.config import free_port
-from tests.support.ray_start import ATTEMPTS, gave_up, kill
+from tests.support.ray_start import ATTEMPTS, gave_up
 
 RAY = Path(sys.executable).with_name("ray")
 WORKER_RESOURCE = "routeray_test_worker"
@@ -214,8 +214,7 @@ class TwoNodeCluster:
                 node.wait_started()
                 return node
             except GaveUp:
-                kill(node.processes())
-                node.process.wait()
+                node.kill()
         node = RayNode(name, args(), log, self.env)
         node.wait_started()
         return node
