@@ -15,6 +15,8 @@ import torch
 from routers import save_router
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.kinds.mf import MFNet, MFRouter
+from routers.shipped import SHIPPED
+from routers.text.embedders import get_embedder
 from routers.text.hf import offline
 from tests.support.ci import running_in_ci
 from tests.support.ray_start import ATTEMPTS, RAY_TEST_ENV, gave_up, kill
@@ -170,12 +172,17 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MF router with seeded random weights over the real MiniLM embedder."""
+    """An MF router with seeded random weights over the shipped static embedder. The batch
+    jobs start its copies in one actor after another; over MiniLM each cost about 5 CPU
+    seconds more to load (transformers, the model, its first batch), which on two cores was
+    most of what the kill-and-rerun tests spent."""
+    embedder = {"model_path": str(SHIPPED["fast"] / "embedder")}
     torch.manual_seed(7)
-    net = MFNet(n_models=3, embedding_dim=384, dim=16)
+    dims = get_embedder(**embedder).encode(["a"]).shape[1]
+    net = MFNet(n_models=3, embedding_dim=dims, dim=16)
     with torch.no_grad():
         net.bias.weight.normal_()
-    router = MFRouter(net, [STRONG_MODEL, WEAK_MODEL, "other-model"])
+    router = MFRouter(net, [STRONG_MODEL, WEAK_MODEL, "other-model"], embedder=embedder)
     directory = tmp_path_factory.mktemp("routers") / "tiny-mf"
     save_router(router, directory, {"default_threshold": 0.5})
     return directory

@@ -7,8 +7,15 @@ have run past it. Tests start such a node again, and only after that give-up: an
 to start is reported as it is.
 
 Serve's limit is a setting (`RAY_TEST_ENV`): it gives a new proxy 5 s to report ready and
-kills it after that, so on such a machine the app never came up. The tests wait for what they
-need with timeouts of their own.
+kills it after that, so on such a machine the app never came up. So is the dashboard's: a head
+node gives it 60 s to publish its address, and beside a second test run a dashboard that had not
+yet opened its log by then failed `ray start --head`. The tests wait for what they need with
+timeouts of their own.
+
+Ray keeps one idle worker process per CPU and ends the others after a second idle; the suite
+runs one short job after another on the same cluster, and each worker started again costs a
+Python start and its imports (a third of the workers, and a quarter of the time, of a
+kill-and-rerun test: docs/BENCHMARKS.md). Its idle workers wait a minute.
 
 Ray runs its workers at nice 15, so anything at the default priority comes first: beside two
 CPU hogs at nice 0 Serve's replicas and the vLLM engine got next to nothing and nothing came
@@ -26,6 +33,8 @@ import psutil
 GAVE_UP = "The current node timed out during startup"
 ATTEMPTS = 3
 RAY_TEST_ENV = {
+    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300",
+    "RAY_idle_worker_killing_time_threshold_ms": "60000",
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
 }
