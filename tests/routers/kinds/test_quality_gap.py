@@ -224,3 +224,21 @@ def test_question_stem_cuts_the_options_of_multiple_choice_prompts(prompt: str):
 @pytest.mark.parametrize("prompt", NOT_MULTIPLE_CHOICE)
 def test_question_stem_leaves_every_other_prompt_unchanged(prompt: str):
     assert question_stem(prompt) == prompt
+
+
+def test_nearest_finds_the_neighbours_argpartition_finds_even_among_copies():
+    rng = np.random.default_rng(3)
+    bank = rng.standard_normal((400, 8)).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    # Seven copies of one prompt, the first query's seven nearest: a tie at its 4th and 5th.
+    bank[10:16] = bank[5]
+    queries = rng.standard_normal((50, 8)).astype(np.float32)
+    queries[0] = bank[5]
+    k = 4
+    top, near = quality_gap.nearest(queries, bank, k)
+    sims = queries @ bank.T
+    expected = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    assert (top == np.sort(expected, axis=1)).all()
+    np.testing.assert_allclose(near, np.take_along_axis(sims, top, axis=1), rtol=1e-5)
+    copies = set(range(10, 16)) | {5}
+    assert set(top[0]) < copies
