@@ -173,9 +173,9 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_router_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MF router with seeded random weights over the shipped static embedder. The batch
-    jobs start its copies in one actor after another; over MiniLM each cost about 5 CPU
-    seconds more to load (transformers, the model, its first batch), which on two cores was
-    most of what the kill-and-rerun tests spent."""
+    jobs start its copies in one actor after another, and over MiniLM each load (transformers,
+    the model, its first batch) cost several times more CPU (docs/BENCHMARKS.md, "Issue 25,
+    continued")."""
     embedder = {"model_path": str(SHIPPED["fast"] / "embedder")}
     torch.manual_seed(7)
     dims = get_embedder(**embedder).encode(["a"]).shape[1]

@@ -14,8 +14,8 @@ timeouts of their own.
 
 Ray keeps one idle worker process per CPU and ends the others after a second idle; the suite
 runs one short job after another on the same cluster, and each worker started again costs a
-Python start and its imports (a third of the workers, and a quarter of the time, of a
-kill-and-rerun test: docs/BENCHMARKS.md). Its idle workers wait a minute.
+Python start and its imports (measured in docs/BENCHMARKS.md, "Issue 25, continued"). Its
+idle workers wait a minute.
 
 Ray runs its workers at nice 15, so anything at the default priority comes first: beside two
 CPU hogs at nice 0 Serve's replicas and the vLLM engine got next to nothing and nothing came
