@@ -173,7 +173,7 @@ def train(
     """Train a router of KIND on the shared training sources and/or your own labelled data, and
     save it as a directory."""
     from routers import OptionError, router_class, save_router
-    from routers.data.tables import training_table
+    from routers.data.tables import GOLDEN_PREFIX, training_table
     from routers.evaluation.calibration import threshold_for_strong_share
 
     options = key_values(param, "--param")
@@ -227,6 +227,20 @@ def train(
         # threshold for a share just as well.
         prompts = prompts.sample(min(len(prompts), CALIBRATION_PROMPTS), random_state=seed)
         threshold = threshold_for_strong_share(trained.score(prompts.tolist()), strong_pct)
+        checks, licences, excluded = {}, {}, {}
+        if not no_shared_data:
+            from routers.data.prompt_labels import licences_of, transfer_checks
+            from routers.evaluation.transfer import apgr_by_source
+
+            licences = licences_of(table, train_dir)
+            held_back = transfer_checks(train_dir, benchmarks)
+            checks = apgr_by_source(trained, held_back)
+            excluded = {
+                source: "share-alike licence: a check of transfer, never trained on"
+                for source in checks
+            }
+            for source, apgr in checks.items():
+                typer.echo(f"transfer check {source}: APGR {apgr:.3f} (never trained on)")
     metadata = {
         "default_threshold": threshold,
         "calibration": {
@@ -244,7 +258,13 @@ def train(
             # The corpus by where it came from, not its prompts.
             "options": {**options, **({"corpus": corpus_prompts} if corpus else {})},
             "sources": table["source"].value_counts().to_dict(),
+            "licences": {
+                **licences,
+                **{f"{GOLDEN_PREFIX}{name}": "your own data (--extra-data)" for name, _ in extra},
+            },
+            "not_trained_on": excluded,
         },
+        "transfer_checks": checks,
     }
     save_router(trained, output, metadata)
     typer.echo(

@@ -1,4 +1,6 @@
-"""A trained router on disk: `config.json` plus `model.safetensors`. Never pickle.
+"""A trained router on disk: `config.json` plus `model.safetensors`. Never pickle. A
+`README.md` card beside them says what it was trained on and under which licences
+(`routers.card`).
 
 A router whose embedder is a static model (`routers.text.static`) carries it in an
 `embedder/` subdirectory (the model's own JSON config, tokenizer and safetensors), so that the
@@ -18,6 +20,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from routers.card import write_card
 from routers.protocol import BaseRouter, OptionError
 from routers.registry import router_class
 from routers.text.static import is_static_model
@@ -67,6 +70,7 @@ def save_router(
         fh.write("\n")
     os.chmod(fh.name, 0o644)  # a temporary file is private; a router directory is shared
     os.replace(fh.name, directory / CONFIG_FILE)
+    write_card(document, directory)
     return directory
 
 

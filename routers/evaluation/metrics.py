@@ -167,3 +167,17 @@ def oracle_curve(
     # A per-prompt curve has a point per prompt; plotting only needs its shape.
     keep = np.unique(np.linspace(0, n, min(n + 1, max_points + 1)).round().astype(int))
     return Curve(keep / n, quality[keep], thresholds[keep])
+
+
+def apgr_spread(
+    scores: np.ndarray, weak_scores: np.ndarray, strong_scores: np.ndarray, runs: int = 200
+) -> float:
+    """The standard deviation of APGR over bootstrap resamples of the prompts: how much of a
+    number is which prompts a source happened to hold."""
+    scores, weak, strong = _as_arrays(scores, weak_scores, strong_scores)
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(runs):
+        idx = rng.integers(0, len(scores), len(scores))
+        values.append(evaluate_scores(scores[idx], weak[idx], strong[idx])[1].apgr)
+    return float(np.std(values))

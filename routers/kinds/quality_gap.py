@@ -39,9 +39,9 @@ import pandas as pd
 import torch
 
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
-from routers.data.prompt_labels import PROMPT_LABELS
+from routers.data.prompt_labels import BASE_LABELS, PROMPT_LABELS
 from routers.data.tables import GOLDEN_PREFIX
-from routers.evaluation.metrics import evaluate_scores
+from routers.evaluation.metrics import apgr_spread, evaluate_scores
 from routers.kinds.pair import FixedPairLoadOptions, check_fixed_pair
 from routers.progress import progress
 from routers.protocol import BaseRouter, LoadOptions
@@ -56,9 +56,17 @@ LABEL_SETS = {
     "all_fail": ("all_fail",),
     "mid_fail": ("mid_fail",),
     "difficulty": ("all_fail", "mid_fail", "top_minus_all", "top_minus_mid"),
-    "all": PROMPT_LABELS,
+    "all": BASE_LABELS,
     "pair": ("pair_gap",),
+    # Task-aware: a prompt's own label and its task family's mean, averaged.
+    "family": ("pair_gap", "family_gap"),
+    "family_mid": ("mid_fail", "family_mid_fail"),
+    # The classes' expected gap on the item, from every model of its table (item response).
+    "irt": ("irt_gap",),
+    "irt_family": ("irt_gap", "family_gap"),
 }
+# Label sets also learned on one scale across sources (`Variant.pooled`).
+POOLED_LABEL_SETS = ("pair", "family", "mid_fail", "family_mid", "irt", "irt_family")
 ENSEMBLE_SIZES = (1, 3, 5, 10)
 # Surface features are on another scale than unit-norm embeddings; this keeps the ridge
 # penalty from being spent on them alone.
@@ -114,6 +122,10 @@ class Variant:
     k: int = 100
     temperature: float = 0.05
     other_weight: float = 1.0  # weight of non-golden rows when golden labels are present
+    # Labels standardised over all sources together instead of within each: a member then
+    # also learns which sources (and families) the weak model fails more, not only which of
+    # a source's prompts.
+    pooled: bool = False
 
     @property
     def ridge_share(self) -> float:
@@ -121,7 +133,8 @@ class Variant:
 
     @property
     def columns(self) -> list[int]:
-        return [PROMPT_LABELS.index(name) for name in LABEL_SETS[self.labels]]
+        offset = len(PROMPT_LABELS) if self.pooled else 0
+        return [offset + PROMPT_LABELS.index(name) for name in LABEL_SETS[self.labels]]
 
     def describe(self) -> str:
         parts = [self.model, f"labels={self.labels}"]
@@ -131,6 +144,8 @@ class Variant:
             parts.append(f"k={self.k} t={self.temperature:g}")
         if self.features:
             parts.append("+features")
+        if self.pooled:
+            parts.append("pooled")
         if self.other_weight != 1.0:
             parts.append(f"other_weight={self.other_weight:g}")
         return " ".join(parts)
@@ -161,10 +176,18 @@ def default_grid(golden: bool) -> list[Variant]:
         Variant("blend", "", alpha=10.0, temperature=0.2),
     ]
     grid = []
-    for base, labels, features in itertools.product(models, LABEL_SETS, (False, True)):
+    for base, labels, features, pooled in itertools.product(
+        models, LABEL_SETS, (False, True), (False, True)
+    ):
         if base.model == "knn" and features:
             continue  # surface features only enter the linear part
-        grid.append(Variant(base.model, labels, features, base.alpha, base.k, base.temperature))
+        if pooled and labels not in POOLED_LABEL_SETS:
+            continue
+        grid.append(
+            Variant(
+                base.model, labels, features, base.alpha, base.k, base.temperature, pooled=pooled
+            )
+        )
     return grid
 
 
@@ -176,6 +199,11 @@ def standardise_within_source(values: np.ndarray, sources: np.ndarray) -> np.nda
         std = block.std(axis=0)
         out[rows] = (block - block.mean(axis=0)) / np.where(std > 0, std, 1.0)
     return out
+
+
+def standardise(values: np.ndarray) -> np.ndarray:
+    std = values.std(axis=0)
+    return (values - values.mean(axis=0)) / np.where(std > 0, std, 1.0)
 
 
 def weighted_gram(x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -457,6 +485,7 @@ class _FitInputs:
     @classmethod
     def of(cls, labels: pd.DataFrame) -> _FitInputs:
         sources = labels["source"].to_numpy().astype(str)
+        raw = labels[list(PROMPT_LABELS)].to_numpy(float)
         raw_features = prompt_features(labels["prompt"].tolist())
         mean, std = raw_features.mean(0), raw_features.std(0) + 1e-6
         return cls(
@@ -464,7 +493,7 @@ class _FitInputs:
             golden=np.char.startswith(sources, GOLDEN_PREFIX),
             feats=(raw_features - mean) / std,
             feature_stats=(mean, std),
-            targets=standardise_within_source(labels[list(PROMPT_LABELS)].to_numpy(float), sources),
+            targets=np.hstack([standardise_within_source(raw, sources), standardise(raw)]),
             # Rows may carry their own weight (a user's `--extra-weight`); the shared sources'
             # weigh 1.
             row_weight=labels["weight"].fillna(1.0).to_numpy(float) if "weight" in labels else 1.0,
@@ -716,6 +745,21 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
             + "; ".join(c.variant.describe() for c in chosen)
         )
 
+        judged_rows = np.isin(sources, judged)
+        spread = {
+            s: round(
+                apgr_spread(pred[sources == s], weak_q[sources == s], strong_q[sources == s]), 4
+            )
+            for s in judged
+        }
+        # Every judged source on one curve, each scored by members that did not see it: how a
+        # mixed stream of traffic from sources never trained on would be routed.
+        pooled = evaluate_scores(pred[judged_rows], weak_q[judged_rows], strong_q[judged_rows])
+        logger.info(
+            "held out, chosen: "
+            + ", ".join(f"{s} {by_source[s]:.3f} (sd {spread[s]:.3f})" for s in judged)
+            + f"; all sources on one curve {pooled[1].apgr:.3f}"
+        )
         members, bank = inputs.fit([c.variant for c in chosen], embedded[text])
         # The logistic map is fitted on held-out predictions, so the probabilities are those of
         # prompts the predictors did not see.
@@ -741,6 +785,8 @@ class QualityGapRouter(LazyEmbedder, BaseRouter):
                 "criterion": "mean held-out APGR over " + ", ".join(judged),
                 "held_out_apgr": criterion,
                 "held_out_apgr_by_source": by_source,
+                "held_out_apgr_spread_by_source": spread,
+                "held_out_apgr_pooled": round(pooled[1].apgr, 4),
                 "candidates": [
                     {"text": c.text, "variant": c.variant.describe(), "apgr": round(c.criterion, 4)}
                     for c in candidates

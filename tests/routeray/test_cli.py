@@ -338,6 +338,9 @@ def test_train_writes_a_loadable_decontaminated_router(
     meta = json.loads((out / "config.json").read_text())["metadata"]
     assert meta["training"]["rows"] == len(kept)
     assert meta["training"]["sources"] == kept["source"].value_counts().to_dict()
+    card = (out / "README.md").read_text()
+    for source in kept["source"].unique():
+        assert f"| {source} | {meta['training']['sources'][source]} | Apache-2.0" in card
     router = load_router(out)
     scores = router.score(["Solve: 7 + 21 times 9", "Say hello to friend 99"])
     assert ((scores >= 0) & (scores <= 1)).all()
@@ -664,3 +667,33 @@ def test_eval_on_your_own_labels_with_cross_fit(tmp_path: Path, tiny_router_dir:
 def test_eval_needs_exactly_one_of_benchmark_and_data(tmp_path: Path):
     result = invoke("eval", "--router", "random", "--output", tmp_path / "o")
     assert result.exit_code == 2 and "exactly one of --benchmark and --data" in result.output
+
+
+def test_train_reads_outcome_tables_and_checks_share_alike_rows(tmp_path: Path):
+    train_dir, eval_dir = _training_dirs(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = [
+        (f"mine/{task}/{i}", f"{task} question {i}?", task, model, float(rng.random() < p))
+        for task in ("open", "shared")
+        for i in range(30)
+        for model, p in (("gpt-4-1106-preview", 0.9), ("Mixtral-8x7B-Instruct-v0.1", 0.5))
+    ]
+    table = pd.DataFrame(rows, columns=["id", "prompt", "task", "model", "score"])
+    table.to_parquet(train_dir / "my_table.parquet")
+    (train_dir / "my_table.parquet.source.json").write_text(
+        json.dumps({"licence": {"repository": "MIT", "shared": "questions: CC-BY-SA-4.0"}})
+    )
+    out = tmp_path / "router"
+    result = invoke(
+        "train", "--kind", "quality_gap", "--train-dir", train_dir, "--eval-dir", eval_dir,
+        "--output", out, "--no-embedding-cache",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "config.json").read_text())["metadata"]
+    assert meta["training"]["sources"]["my_table"] == 30  # the share-alike half is not in it
+    assert meta["training"]["licences"]["my_table"] == "MIT"
+    assert list(meta["training"]["not_trained_on"]) == ["my_table/shared"]
+    assert list(meta["transfer_checks"]) == ["my_table/shared"]
+    assert "transfer check my_table/shared: APGR" in result.output
+    card = (out / "README.md").read_text()
+    assert "| my_table | 30 | MIT |" in card and "my_table/shared: share-alike" in card

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from routers.card import CARD_FILE
 from routers.checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -85,7 +86,9 @@ def test_mf_roundtrip_through_the_real_embedder(mf_dir):
 
 
 def test_saved_directory_layout(mf_dir):
-    assert sorted(p.name for p in mf_dir.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    assert sorted(p.name for p in mf_dir.iterdir()) == sorted(
+        [CARD_FILE, CONFIG_FILE, WEIGHTS_FILE]
+    )
     document = read_config(mf_dir)
     assert document["router"] == "mf"
     assert document["format_version"] == FORMAT_VERSION
@@ -285,4 +288,6 @@ def test_resave_over_existing_directory_replaces_it(tmp_path):
         atol=1e-7,
     )
     # No temporary files left behind by the atomic config write.
-    assert sorted(p.name for p in directory.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [CARD_FILE, CONFIG_FILE, WEIGHTS_FILE]
+    )

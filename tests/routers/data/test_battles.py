@@ -17,7 +17,7 @@ from routers.data.battles import (
     load_battles,
     mmlu_pro_battles,
 )
-from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, normalize_model_name
+from routers.data.model_names import STRONG_MODEL, WEAK_MODEL, model_class, normalize_model_name
 from routers.data.sources import (
     ALPACA_FILE,
     ARENA_FILE,
@@ -36,7 +36,13 @@ from routers.data.sources import (
         ("gpt-4-1106-preview", "gpt-4-1106-preview"),
         ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b-instruct-v0.1"),
         ("Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b-instruct-v0.1"),
-        ("Meta-Llama-3_1-70B-Instruct", "meta-llama-3.1-70b-instruct"),
+        ("Meta-Llama-3_1-70B-Instruct", "llama-3.1-70b-instruct"),
+        ("Meta-Llama-3.1-405B-Instruct@hyperbolic", "llama-3.1-405b-instruct"),
+        ("TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF", "mixtral-8x7b-instruct-v0.1"),
+        ("TheBloke/Llama-2-70B-Chat-GGUF", "llama-2-70b-chat"),
+        ("Qwen__Qwen2.5-72B-Instruct", "qwen2.5-72b-instruct"),
+        ("llama2orig", "llama-2-70b-chat"),
+        ("gpt4", "gpt-4-0613"),
         ("gpt35_turbo_instruct", "gpt-3.5-turbo-instruct"),
         ("gpt4_0314", "gpt-4-0314"),
         ("  GPT-4-1106-Preview ", "gpt-4-1106-preview"),
@@ -44,6 +50,23 @@ from routers.data.sources import (
 )
 def test_normalize_model_name(raw, expected):
     assert normalize_model_name(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("gpt4_1106_preview", "strong"),
+        ("gpt-4-turbo-2024-04-09", "strong"),
+        ("gpt4", "strong"),
+        ("gpt-4o-2024-05-13", None),
+        ("TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF", "weak"),
+        ("llama2new", "weak"),
+        ("mistralai/Mistral-7B-Instruct-v0.2", None),
+        ("Nous-Hermes-2-Mixtral-8x7B-SFT-GGUF", None),
+    ],
+)
+def test_model_class_is_one_rule_over_every_spelling(raw, expected):
+    assert model_class(raw) == expected
 
 
 def test_routed_pair_constants_are_normal_forms():
@@ -148,7 +171,7 @@ def as_set(battles: pd.DataFrame) -> set[tuple]:
 
 GPT4, MIXTRAL = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
 CLAUDE, GPT35 = "claude-2.1", "gpt-3.5-turbo-instruct"
-GPT4O, LLAMA = "gpt-4o-2024-05-13", "meta-llama-3.1-70b-instruct"
+GPT4O, LLAMA = "gpt-4o-2024-05-13", "llama-3.1-70b-instruct"
 
 
 def test_alpaca_battles(data_dir):
