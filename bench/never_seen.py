@@ -115,11 +115,12 @@ def main() -> None:
         name: None if name == RANDOM else load_router(router_path(name)).score(prompts)
         for name in args.router
     }
-    width = max(len(n) for n in [*names, "all families"]) + 2
+    width = max(len(n) for n in [*names, "family share of score variance"]) + 2
+    col = max(10, *(len(Path(r).name) + 2 for r in args.router))
     print()
     print(
         f"{'APGR':<{width}}{'prompts':>8}{'gap':>7}"
-        + "".join(f"{Path(r).name:>10}" for r in args.router)
+        + "".join(f"{Path(r).name:>{col}}" for r in args.router)
     )
     for label, mask in [("all families", np.ones(len(rows), bool))] + [
         (n, family == n) for n in names
@@ -127,12 +128,38 @@ def main() -> None:
         part = rows[mask]
         gap = part["strong_score"].mean() - part["weak_score"].mean()
         if abs(gap) < MIN_GAP:
-            cells = f"{'(gap too small for APGR)':>{10 * len(scores)}}"
+            cells = f"{'(gap too small for APGR)':>{col * len(scores)}}"
         else:
             cells = "".join(
-                f"{apgr(None if s is None else s[mask], part):>10.3f}" for s in scores.values()
+                f"{apgr(None if s is None else s[mask], part):>{col}.3f}" for s in scores.values()
             )
         print(f"{label:<{width}}{len(part):>8}{gap:>7.3f}{cells}")
+
+    # How much of each router's ranking is which family a prompt is in (the share of its
+    # scores' variance between families), and how it ranks inside the families.
+    print()
+    print(f"{'':<{width}}" + "".join(f"{Path(r).name:>{col}}" for r in args.router))
+    between = [
+        np.nan if s is None else pd.Series(s).groupby(family).transform("mean").var() / s.var()
+        for s in scores.values()
+    ]
+    print(
+        f"{'family share of score variance':<{width}}" + "".join(f"{b:>{col}.3f}" for b in between)
+    )
+    large = [
+        n
+        for n in names
+        if abs(
+            rows.loc[family == n, "strong_score"].mean()
+            - rows.loc[family == n, "weak_score"].mean()
+        )
+        >= MIN_GAP
+    ]
+    inside = [
+        np.mean([apgr(None if s is None else s[family == n], rows[family == n]) for n in large])
+        for s in scores.values()
+    ]
+    print(f"{'mean APGR within a family':<{width}}" + "".join(f"{v:>{col}.3f}" for v in inside))
 
     learned = [name for name, s in scores.items() if s is not None]
     if len(learned) >= 2:

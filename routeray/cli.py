@@ -35,6 +35,7 @@ from routeray.options import (
     RoutersOption,
     S3EndpointOption,
     SeedOption,
+    SourceOption,
     TrainDirOption,
     embedding_cache,
     fail,
@@ -165,6 +166,7 @@ def train(
     extra_weight: ExtraWeightOption = 1.0,
     corpus: CorpusOption = None,
     no_shared_data: NoSharedDataOption = False,
+    source: SourceOption = None,
     prompt_column: PromptColumnOption = "prompt",
     s3_endpoint: S3EndpointOption = None,
     embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
@@ -218,6 +220,7 @@ def train(
                 seed=seed,
                 extra=extra,
                 extra_weight=extra_weight,
+                sources=source,
             )
         except (FileNotFoundError, ValueError) as exc:
             fail(exc)
@@ -386,6 +389,7 @@ def evaluate(
     ] = None,
     train_dir: TrainDirOption = SHARED_DATA / "train",
     no_shared_data: NoSharedDataOption = False,
+    source: SourceOption = None,
     seed: SeedOption = 0,
     param: ParamOption = None,
     load_option: LoadOptionOption = None,
@@ -437,7 +441,16 @@ def evaluate(
             if shared is not None and benchmarks is None:
                 fail(f"eval dir {eval_dir} not found: training is always decontaminated against it")
             name, scores = _cross_fit(
-                title, df, cross_fit, kind, shared, benchmarks, seed, options, data is not None
+                title,
+                df,
+                cross_fit,
+                kind,
+                shared,
+                benchmarks,
+                seed,
+                options,
+                data is not None,
+                source,
             )
             curve, result = evaluate_scores(scores, weak, strong)
             curves[name], metrics[name] = curve, result.to_dict()
@@ -488,6 +501,7 @@ def _cross_fit(
     seed: int,
     options: dict[str, Any],
     users: bool,
+    sources: list[str] | None = None,
 ) -> tuple[str, Any]:
     """Scores of `df` from K routers, each trained on the shared data (unless `train_dir` is
     None) plus the other folds of `df`'s labels; a user's own set is also kept out of the
@@ -505,7 +519,9 @@ def _cross_fit(
         if train_dir is None:
             training = None
         else:
-            training = training_table(cls, train_dir, eval_dir, seed=seed, exclude_prompts=exclude)
+            training = training_table(
+                cls, train_dir, eval_dir, seed=seed, exclude_prompts=exclude, sources=sources
+            )
         scores = cross_fit_scores(cls, df, name, training, folds=folds, seed=seed, **options)
     except (ValueError, FileNotFoundError) as exc:
         fail(exc)

@@ -86,6 +86,15 @@ CorpusOption = Annotated[
 ExtraWeightOption = Annotated[
     float, typer.Option(help="Weight of each --extra-data row against a shared training row.")
 ]
+SourceOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--source",
+        help="Train only on this shared training source (a name as the router card lists it: "
+        "mmlu_pro, arena_hard, alpaca_eval or an outcome table's file name); repeatable. "
+        "Default: every source.",
+    ),
+]
 NoSharedDataOption = Annotated[
     bool,
     typer.Option("--no-shared-data", help="Leave out the shared training sources (--train-dir)."),

@@ -48,16 +48,26 @@ def training_table(
     extra: Sequence[tuple[str, pd.DataFrame]] = (),
     extra_weight: float = 1.0,
     exclude_prompts: Iterable[str] = (),
+    sources: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """The shared training sources (None: none) plus a user's own labelled tables
-    (`routers.data.user_labels.read_user_labels`), each weighing `extra_weight`; everything
-    decontaminated against `eval_dir` and `exclude_prompts`."""
+    """The shared training sources (None: none; `sources`: only those named) plus a user's own
+    labelled tables (`routers.data.user_labels.read_user_labels`), each weighing
+    `extra_weight`; everything decontaminated against `eval_dir` and `exclude_prompts`."""
     exclude_prompts = list(exclude_prompts)
     parts = []
     if data_dir is not None:
-        parts.append(
-            load_training_table(cls, data_dir, eval_dir, seed=seed, exclude_prompts=exclude_prompts)
+        shared = load_training_table(
+            cls, data_dir, eval_dir, seed=seed, exclude_prompts=exclude_prompts
         )
+        if sources:
+            unknown = sorted(set(sources) - set(shared["source"]))
+            if unknown:
+                raise ValueError(
+                    f"no training source named {', '.join(unknown)}; the training data holds "
+                    + ", ".join(sorted(shared["source"].unique()))
+                )
+            shared = shared[shared["source"].isin(sources)].reset_index(drop=True)
+        parts.append(shared)
     if extra_weight < 0:
         raise ValueError(f"the extra data's weight must be >= 0, got {extra_weight}")
     for name, labels in extra:

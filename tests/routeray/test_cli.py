@@ -697,3 +697,20 @@ def test_train_reads_outcome_tables_and_checks_share_alike_rows(tmp_path: Path):
     assert "transfer check my_table/shared: APGR" in result.output
     card = (out / "README.md").read_text()
     assert "| my_table | 30 | MIT |" in card and "my_table/shared: share-alike" in card
+
+
+def test_train_on_named_sources_only(tmp_path: Path):
+    train_dir, eval_dir = _training_dirs(tmp_path)
+    common = ["--train-dir", train_dir, "--eval-dir", eval_dir, "--no-embedding-cache"]
+    out = tmp_path / "router"
+    result = invoke(
+        "train", "--kind", "mf", *common, "--output", out,
+        "--source", "arena_hard", "--source", "mmlu_pro",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "config.json").read_text())["metadata"]
+    assert set(meta["training"]["sources"]) == {"arena_hard", "mmlu_pro"}
+    result = invoke("train", "--kind", "mf", *common, "--output", out, "--source", "arena")
+    assert result.exit_code != 0
+    assert "no training source named arena" in result.output
+    assert "alpaca_eval, arena_hard, mmlu_pro" in result.output
