@@ -3,15 +3,21 @@
 Battles say which of two answers won; for routing, the sharper question is how hard a prompt
 is and how much a strong model gains over a weak one on it. Each source holds many models'
 results on the same prompt (MMLU-Pro: 30 models' correctness; Arena-Hard: 14 models' grades;
-AlpacaEval: about 100 models judged against gpt-4-1106), and averaging over them gives labels
-far less noisy than one pair's single outcome. A row is one prompt:
+AlpacaEval: about 100 models judged against gpt-4-1106; every outcome table of
+`routers.data.outcome_tables`, 5 to 141 models), and averaging over them gives labels far less
+noisy than one pair's single outcome. A row is one prompt, with its `source` and `task` family:
 
-- `weak_q`, `strong_q`: the routed pair's quality on the prompt in [0, 1] (the strong model's
-  stand-in where it is absent: the source's best model), used to measure routing quality.
+- `weak_q`, `strong_q`: the routed pair's quality on the prompt in [0, 1] (an outcome table's
+  weak and strong classes, or their stand-ins; elsewhere the source's best model stands in for
+  an absent strong model), used to measure routing quality.
 - `all_fail`: 1 - mean quality over all models (difficulty);
 - `mid_fail`: 1 - mean quality of the models nearest the weak model in overall quality;
 - `top_minus_all`, `top_minus_mid`: the best models' mean quality minus those means;
-- `pair_gap`: strong_q - weak_q.
+- `pair_gap`: strong_q - weak_q;
+- `family_gap`, `family_mid_fail`: the means of `pair_gap` and `mid_fail` over the prompt's
+  task family;
+- `irt_gap`: the classes' expected gap on the item from the item-response fit over every
+  outcome table (`routers.data.ability`); `pair_gap` where no fit covers the source.
 """
 
 from __future__ import annotations
@@ -245,7 +251,7 @@ def without_inverted_families(labels: pd.DataFrame) -> pd.DataFrame:
     inverted = labels["family_gap"] < 0
     for (source, task), rows in labels[inverted].groupby(["source", "task"]):
         logger.info(
-            f"{source}/{task}: left out, the strong class does worse than the weak "
+            f"{source}/{task}: left out, the stood-in strong side does worse than the weak "
             f"(mean gap {rows['family_gap'].iloc[0]:+.3f} over {len(rows)} prompts)"
         )
     return labels[~inverted].reset_index(drop=True)
@@ -321,9 +327,10 @@ def load_prompt_labels(
     tables = find_outcome_tables(data_dir)
     parts = [mmlu_pro_labels(data_dir), arena_labels(data_dir), alpaca_labels(data_dir)]
     if tables:
-        parts.append(outcome_table_labels(tables, ability_scale(tables), share_alike=False))
+        scale = ability_scale(tables)
+        parts.append(outcome_table_labels(tables, scale, share_alike=False))
         if share_alike:
-            parts.append(outcome_table_labels(tables, ability_scale(tables), share_alike=True))
+            parts.append(outcome_table_labels(tables, scale, share_alike=True))
     frame = pd.concat(parts, ignore_index=True)
     frame = decontaminate(frame, eval_dir, rows="labelled prompts", also=exclude_prompts)
     logger.info(
