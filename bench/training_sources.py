@@ -47,8 +47,7 @@ def main() -> None:
     table: dict[str, dict[str, str]] = {}
     with embedding_cache(CACHE_DIR, False):
         for name in args.router:
-            path = Path(name) if Path(name).is_dir() else router_path(name)
-            scores = load_router(path).score(labels["prompt"].tolist())
+            scores = load_router(router_path(name)).score(labels["prompt"].tolist())
             column = {}
             for source, idx in groups.items():
                 value = evaluate_scores(scores[idx], weak[idx], strong[idx])[1].apgr

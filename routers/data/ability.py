@@ -77,7 +77,7 @@ def fit_ability(tables: dict[str, pd.DataFrame], seed: int = 0) -> AbilityScale:
     # Copies of one model in one table (quantisations, providers) count once per item.
     rows = rows.groupby(["table", "id", "model"], as_index=False)["score"].mean()
     model_codes, models = pd.factorize(rows["model"])
-    item_codes, items = pd.factorize(rows["table"] + "\x00" + rows["id"])
+    item_codes, items = pd.factorize(pd.MultiIndex.from_frame(rows[["table", "id"]]))
     table_codes, tables_seen = pd.factorize(rows["table"])
     torch.manual_seed(seed)
     ability = torch.zeros(len(models), dtype=torch.float64, requires_grad=True)
@@ -94,15 +94,11 @@ def fit_ability(tables: dict[str, pd.DataFrame], seed: int = 0) -> AbilityScale:
         loss.backward()
         optimiser.step()
     values = ability.detach().numpy()
-    keys = rows.drop_duplicates(["table", "id"]).set_index(
-        item_codes[~rows.duplicated(["table", "id"]).to_numpy()]
-    )
-    difficulty = difficulty.detach().numpy()
     return AbilityScale(
         {str(name): float(v) for name, v in zip(models, values, strict=True)},
         {
-            (str(t), str(i)): float(difficulty[code])
-            for code, t, i in zip(keys.index, keys["table"], keys["id"], strict=True)
+            (str(t), str(i)): float(v)
+            for (t, i), v in zip(items, difficulty.detach().numpy(), strict=True)
         },
         {str(t): float(v) for t, v in zip(tables_seen, spread.detach().exp().numpy(), strict=True)},
     )

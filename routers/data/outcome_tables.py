@@ -71,6 +71,8 @@ class PairChoice:
     strong: list[str]
     weak: list[str]
     how: dict[str, str] = field(default_factory=dict)
+    # The sides ("strong", "weak") stood in by the models nearest them in ability.
+    stood_in: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class OutcomeTable:
                 distance = {m: abs(scale.of(m) - target) for m in usable}
                 chosen = sorted(distance, key=distance.__getitem__)[:CLASS_NEIGHBOURS]
                 how = "nearest in ability"
+                choice.stood_in.add(side)
             getattr(choice, side).extend(chosen)
             choice.how[side] = f"{how}: {', '.join(chosen)}"
         return choice

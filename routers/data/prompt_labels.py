@@ -235,8 +235,7 @@ def outcome_table_labels(
             tasks=table.task_of.loc[ids],
             irt_gap=irt_gap,
         )
-        stood_in = any(how.startswith("nearest") for how in pair.how.values())
-        frames.append(without_inverted_families(labels) if stood_in else labels)
+        frames.append(without_inverted_families(labels) if pair.stood_in else labels)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=LABEL_COLUMNS)
 
 

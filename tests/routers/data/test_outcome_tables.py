@@ -108,6 +108,7 @@ def test_the_class_rule_and_its_ability_fallback(tables_dir):
     assert other.strong == ["gpt-4-1106-preview"]
     assert "mid-13b" in other.weak and "tiny-1b" not in other.weak
     assert other.how["weak"].startswith("nearest in ability")
+    assert other.stood_in == {"weak"} and mine.stood_in == set()
 
 
 def test_labels_are_the_classes_means_with_family_labels(tables_dir):
