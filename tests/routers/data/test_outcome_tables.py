@@ -200,3 +200,11 @@ def test_item_labels_borrow_from_every_model_of_the_table(tables_dir):
     assert mine["irt_gap"].corr(mine["mid_fail"]) > 0.5
     # One difficulty per count of models that solved the item (the fit's sufficient statistic).
     assert mine["irt_gap"].nunique() >= 4
+
+
+def test_a_class_no_table_holds_is_a_clear_error(tmp_path):
+    long_table("odd", ["big-70b", "tiny-1b"], 20, ["t"]).to_parquet(tmp_path / "odd.parquet")
+    tables = find_outcome_tables(tmp_path)
+    scale = fit_ability({t.name: t.rows for t in tables})
+    with pytest.raises(ValueError, match="odd: no model of the strong class on any table"):
+        tables[0].choose_pair(scale)
