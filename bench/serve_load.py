@@ -2,6 +2,7 @@
 dynamic batching against a batch size of 1. Loopback only; bounded in count and time.
 
     .venv/bin/python -m bench.serve_load [--clients 16] [--seconds 20]
+    .venv/bin/python -m bench.serve_load --router fast --clients 2,8 --no-throughput
     .venv/bin/python -m bench.serve_load --endpoint route [--prompts-per-request 8]
 
 Starts its own local Ray Serve app: a router (`--router`: a shipped name or a router
@@ -10,7 +11,9 @@ backend vLLM on the tiny generated model (`--endpoint chat`) or, for `--endpoint
 nothing is generated, a second stand-in (no vLLM engine competing for the cores).
 - `--endpoint chat` (the default), added latency: the same prompts sent as
   `router-<name>-1.0` (routed, always weak) and straight to the weak model's name,
-  interleaved in one run; the difference is what routing costs.
+  interleaved in one run; the difference is what routing costs. `--clients 2,8` measures the
+  pair at each client count in turn, on the same app. `--placement` puts the router in the
+  ingress or on its deployment (default: by its kind; the static `fast` scores in the ingress).
 - `--endpoint chat`, throughput of routing: `router-<name>-0.0` (always strong: the stand-in
   answers at once, so the router is the bottleneck).
 - `--endpoint route`: throughput of `POST /v1/route` with `router-<name>` (the decision alone),
@@ -110,7 +113,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--clients",
+        default="16",
+        help="concurrent clients; a comma list (2,8) measures added latency at each in turn",
+    )
+    parser.add_argument(
+        "--placement",
+        choices=["auto", "ingress", "deployment"],
+        default="auto",
+        help="where the router scores (serve config `placement`; auto: by the router's kind)",
+    )
+    parser.add_argument(
+        "--throughput",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the throughput phase after the added-latency one (needs the router on its "
+        "deployment, whose batches it counts)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of load per phase")
     parser.add_argument(
         "--endpoint",
@@ -167,6 +187,8 @@ def main() -> None:
         help="the router's batch_wait_timeout_s in ms (default: the config's, 0)",
     )
     args = parser.parse_args()
+    client_counts = [int(c) for c in str(args.clients).split(",")]
+    args.clients = max(client_counts)
 
     from serve_app.config import BatchingConfig, RouterSpec
 
@@ -175,7 +197,7 @@ def main() -> None:
     compare = (
         args.max_batch_size is None if args.compare_batching is None else args.compare_batching
     )
-    if size < 1 or args.clients < 1 or args.prompts_per_request < 1:
+    if size < 1 or min(client_counts) < 1 or args.prompts_per_request < 1:
         parser.error("--max-batch-size, --clients and --prompts-per-request must be at least 1")
     if compare and size == 1:
         parser.error("--compare-batching compares a max batch size above 1 against 1")
@@ -199,6 +221,7 @@ def main() -> None:
     name = "gap" if args.router is None else "bench"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.clients} clients, "
+        f"placement {args.placement}, "
         f"{args.seconds:.0f} s per phase; endpoint {args.endpoint}; router "
         f"{args.router or 'default (shipped)'} as router-{name}"
     )
@@ -215,6 +238,8 @@ def main() -> None:
             config.weak = OpenAIBackendConfig(model=WEAK_MODEL, base_url=weak.base_url)
         if args.router is not None:
             config.routers = [RouterSpec(name=name, path=args.router)]
+        for spec in config.routers:
+            spec.placement = args.placement
         config.router_deployment.num_gpus = args.router_gpus
         if args.router_cpus is not None:
             config.router_deployment.num_cpus = args.router_cpus
@@ -224,15 +249,29 @@ def main() -> None:
         if args.endpoint == "chat":
             config.router_deployment.batching = BatchingConfig(max_batch_size=size, **wait)
             serve.run(build(config), name="routeray", route_prefix="/")
+            placed = config.with_absolute_paths().with_placements().routers
+            print("router placement: " + ", ".join(f"{r.name} {r.placement}" for r in placed))
             routed_model = f"router-{name}-1.0"
-            lat = asyncio.run(
-                _load(base_url, [routed_model, WEAK_MODEL], prompts, args.clients, args.seconds, 4)
-            )
-            routed, direct = np.array(lat[routed_model]), np.array(lat[WEAK_MODEL])
-            print(f"weak backend, routed vs direct ({len(routed)} / {len(direct)} requests):")
-            for q in (50, 99):
-                r, d = np.percentile(routed, q) * 1e3, np.percentile(direct, q) * 1e3
-                print(f"  p{q}: routed {r:7.1f} ms, direct {d:7.1f} ms, added {r - d:7.1f} ms")
+            if args.warmup_seconds > 0:
+                asyncio.run(
+                    _load(base_url, [routed_model, WEAK_MODEL], prompts, 2, args.warmup_seconds, 4)
+                )
+            for clients in client_counts:
+                lat = asyncio.run(
+                    _load(base_url, [routed_model, WEAK_MODEL], prompts, clients, args.seconds, 4)
+                )
+                routed, direct = np.array(lat[routed_model]), np.array(lat[WEAK_MODEL])
+                print(
+                    f"weak backend, {clients} clients, routed vs direct "
+                    f"({len(routed)} / {len(direct)} requests):"
+                )
+                for q in (50, 99):
+                    r, d = np.percentile(routed, q) * 1e3, np.percentile(direct, q) * 1e3
+                    print(f"  p{q}: routed {r:7.1f} ms, direct {d:7.1f} ms, added {r - d:7.1f} ms")
+            if not args.throughput:
+                serve.shutdown()
+                ray.shutdown()
+                return
 
         def throughput_load(seconds: float) -> list[float]:
             if args.endpoint == "chat":

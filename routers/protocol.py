@@ -80,6 +80,14 @@ class BaseRouter(ABC):
     def route(self, prompts: Sequence[str], threshold: float) -> np.ndarray:
         return route(self, prompts, threshold)
 
+    @classmethod
+    def scores_lightly(cls, config: dict[str, Any]) -> bool:
+        """Whether a router of this kind, with this saved config, scores a prompt in well
+        under a millisecond on one CPU core (a table lookup, no transformer pass): such a router
+        may score in the process that takes the request, without a batched deployment of its
+        own. Kinds that can say so override this; the default is the safe answer."""
+        return False
+
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """Everything but the weights needed to rebuild the router."""

@@ -64,6 +64,27 @@ def check_routers(config: ServeConfig) -> None:
 def build(config: ServeConfig) -> Application:
     config = config.with_absolute_paths()
     check_routers(config)
+    config = config.with_placements()
+    deployed = [r.model_dump() for r in config.routers if r.placement == "deployment"]
+    ingress = serve.deployment(Ingress).options(
+        name="Ingress",
+        ray_actor_options={"num_cpus": config.ingress.num_cpus},
+        max_ongoing_requests=config.ingress.max_ongoing_requests,
+        logging_config=QUIET,
+        **(
+            {"autoscaling_config": config.ingress.autoscaling} if config.ingress.autoscaling else {}
+        ),
+    )
+    return ingress.bind(
+        config.model_dump(),
+        # Routers scored in the ingress need no deployment; none at all when every one is.
+        _router_deployment(config, deployed) if deployed else None,
+        _backend("StrongModel", config.strong),
+        _backend("WeakModel", config.weak),
+    )
+
+
+def _router_deployment(config: ServeConfig, routers: list[dict[str, Any]]) -> Application:
     rd = config.router_deployment
     router_options: dict[str, Any] = {
         "name": "Router",
@@ -77,27 +98,15 @@ def build(config: ServeConfig) -> Application:
     }
     if rd.autoscaling:
         router_options["autoscaling_config"] = rd.autoscaling
-    router = (
+    return (
         serve.deployment(RouterDeployment)
         .options(**router_options)
         .bind(
-            [r.model_dump() for r in config.routers],
+            routers,
             rd.batching.model_dump(),
             # Torch threads for a CPU replica: its share of cores, not all of the machine's.
             max(1, int(rd.num_cpus)) if rd.num_gpus == 0 else None,
         )
-    )
-    ingress = serve.deployment(Ingress).options(
-        name="Ingress",
-        ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=1024,
-        logging_config=QUIET,
-    )
-    return ingress.bind(
-        config.model_dump(),
-        router,
-        _backend("StrongModel", config.strong),
-        _backend("WeakModel", config.weak),
     )
 
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import Field
 
 from backends.config import BackendConfig, SecretRef, Strict
+from routers.placement import scores_lightly
 from routers.prices import Prices
 from routers.shipped import SHIPPED, router_path
 
@@ -35,6 +36,13 @@ class RouterSpec(Strict):
         description="Load-time options of the router kind, e.g. strong_model for MF.",
     )
     aliases: list[str] = Field(default_factory=list, description="More names, e.g. 'default'.")
+    placement: Literal["auto", "ingress", "deployment"] = Field(
+        default="auto",
+        description="Where prompts are scored: 'ingress' in the ingress process (no call to "
+        "another replica; for routers that score in well under a millisecond, such as the "
+        "static `fast`), 'deployment' on the batched router deployment (CPU or GPU replicas; "
+        "MiniLM, BERT, causal LLM), 'auto' by the router's kind.",
+    )
 
 
 class BatchingConfig(Strict):
@@ -62,6 +70,19 @@ class RouterDeploymentConfig(Strict):
         },
     )
     max_ongoing_requests: int = 256
+
+
+class IngressConfig(Strict):
+    """The HTTP ingress's replicas. With a router scored in the ingress (placement), give it
+    CPUs of its own so that the scheduler counts the scoring."""
+
+    num_cpus: float = Field(default=0.0, ge=0.0)
+    max_ongoing_requests: int = Field(default=1024, ge=1)
+    autoscaling: dict[str, Any] | None = Field(
+        default=None,
+        description="A Serve autoscaling_config for the ingress (min_replicas, max_replicas, "
+        "target_ongoing_requests, ...); None: one replica.",
+    )
 
 
 class AuthConfig(Strict):
@@ -114,6 +135,7 @@ class ServeConfig(Strict):
     prices: Prices = Prices()
     auth: AuthConfig = AuthConfig()
     router_deployment: RouterDeploymentConfig = RouterDeploymentConfig()
+    ingress: IngressConfig = IngressConfig()
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -129,6 +151,17 @@ class ServeConfig(Strict):
         copy.weak = copy.weak.with_absolute_paths(base)
         if copy.auth.api_keys is not None:
             copy.auth.api_keys = copy.auth.api_keys.absolute(base)
+        return copy
+
+    def with_placements(self) -> ServeConfig:
+        """Every router's 'auto' placement pinned to where its kind scores (reads each router
+        directory's config, so paths must be absolute and the directories loadable)."""
+        copy = self.model_copy(deep=True)
+        for spec in copy.routers:
+            if spec.placement == "auto":
+                spec.placement = (
+                    "ingress" if scores_lightly(router_path(spec.path)) else "deployment"
+                )
         return copy
 
     @classmethod

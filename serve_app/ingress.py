@@ -27,12 +27,15 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from backends import BackendError
+from routers import Router, load_router, router_path
 from routers.prices import Prices
+from routers.thresholds import recorded_share_thresholds, resolve_threshold
 from serve_app.config import ServeConfig
 from serve_app.errors import APIError
 from serve_app.requests import (
     ChatRequest,
     RouteRequest,
+    Target,
     backend_request,
     parse_chat_request,
     parse_route_request,
@@ -43,6 +46,9 @@ from serve_app.requests import (
 )
 
 logger = logging.getLogger("ray.serve")
+# A /v1/route list up to this long is scored by an in-ingress router on the event loop (a
+# table lookup); a longer one in a thread.
+INLINE_PROMPTS = 32
 # A deployment that cannot answer a health probe in this long is reported unhealthy.
 HEALTH_TIMEOUT_S = 5.0
 # A deployment's replica failing, not the model behind it answering: it died under the request,
@@ -142,16 +148,18 @@ class Ingress:
     def __init__(
         self,
         config: dict[str, Any],
-        router: DeploymentHandle,
+        router: DeploymentHandle | None,
         strong: DeploymentHandle,
         weak: DeploymentHandle,
     ) -> None:
         self.config = ServeConfig.model_validate(config)
         self.router, self.backends = router, {"strong": strong, "weak": weak}
+        self._load_local_routers()
         self.models = {"strong": self.config.strong.model, "weak": self.config.weak.model}
         self.prices: Prices = self.config.prices
         self.keys = [k.encode() for k in self.config.auth.api_key_list()]
         self._thresholds: dict[str, float] | None = None
+        self._share_tables: dict[str, dict[float, float]] = {}
         self._requests = metrics.Counter(
             "routeray_requests",
             description="Chat requests by route and answering model.",
@@ -191,10 +199,60 @@ class Ingress:
         )
         self._routed = {"strong": 0, "weak": 0}
 
+    def _load_local_routers(self) -> None:
+        """Load the routers placed in the ingress (`placement: ingress`): their scoring is a
+        table lookup, cheaper than the call to another replica it replaces."""
+        self.local_routers: dict[str, Router] = {}
+        self._local_thresholds: dict[str, float] = {}
+        self._local_tables: dict[str, dict[float, float]] = {}
+        for spec in self.config.routers:
+            if spec.placement != "ingress":
+                continue
+            path = router_path(spec.path)
+            router = load_router(path, **spec.options)
+            router.score(["warm up"])  # ready only once it answers at full speed
+            threshold = resolve_threshold(path, threshold=spec.threshold)
+            table = recorded_share_thresholds(path)
+            for name in [spec.name, *spec.aliases]:
+                self.local_routers[name] = router
+                self._local_thresholds[name] = threshold
+                self._local_tables[name] = table
+
     async def thresholds(self) -> dict[str, float]:
+        """Every router name's default threshold (and, once read, its share table)."""
         if self._thresholds is None:
-            self._thresholds = await self.router.describe.remote()
+            thresholds, tables = dict(self._local_thresholds), dict(self._local_tables)
+            if self.router is not None:
+                remote, remote_tables = await asyncio.gather(
+                    self.router.describe.remote(), self.router.share_tables.remote()
+                )
+                thresholds |= remote
+                tables |= remote_tables
+            self._share_tables = tables
+            self._thresholds = thresholds
         return self._thresholds
+
+    async def resolve(self, model: str, *, route_only: bool = False) -> Target:
+        """The request's target from its `model` (see `serve_app.requests.resolve_model`)."""
+        thresholds = await self.thresholds()
+        resolve = resolve_router if route_only else resolve_model
+        return resolve(
+            model, thresholds, self.models["strong"], self.models["weak"], self._share_tables
+        )
+
+    async def scores(self, router: str, texts: list[str]) -> list[float]:
+        """Each text's score by the router named `router`: in this process for a router
+        placed in the ingress, else from the router deployment, where each text joins the
+        batching queue."""
+        local = self.local_routers.get(router)
+        if local is not None:
+            if len(texts) <= INLINE_PROMPTS:
+                return [float(s) for s in local.score(texts)]
+            # A long /v1/route list off the event loop, so other requests keep moving.
+            return [float(s) for s in await asyncio.to_thread(local.score, texts)]
+        if len(texts) == 1:
+            return [await self._decide(self.router.score.remote((router, texts[0])))]
+        return await self._decide(self.router.score_many.remote([(router, t) for t in texts]))
 
     def check_auth(self, request: Request) -> None:
         if not self.keys:
@@ -274,16 +332,14 @@ class Ingress:
         started = time.perf_counter()
         self.check_auth(request)
         chat = parse_chat_request(await self.read_body(request))
-        target = resolve_model(
-            chat.model, await self.thresholds(), self.models["strong"], self.models["weak"]
-        )
+        target = await self.resolve(chat.model)
         headers: dict[str, str] = {}
         route = "direct"
         if target.router is not None:
             text = routing_text(chat, self.config.route_on)
             if self.config.log_prompts:
                 logger.info("routing prompt: %r", text)
-            score = await self._decide(self.router.score.remote((target.router, text)))
+            (score,) = await self.scores(target.router, [text])
             backend = "strong" if score >= target.threshold else "weak"
             self._routed_now(started, Counter([backend]))
             headers = _decision_headers(score, target.threshold)
@@ -304,16 +360,11 @@ class Ingress:
         model, texts = parse_route_request(
             await self.read_body(request), self.config.route_on, self.config.max_route_prompts
         )
-        target = resolve_router(
-            model, await self.thresholds(), self.models["strong"], self.models["weak"]
-        )
+        target = await self.resolve(model, route_only=True)
         if self.config.log_prompts:
             for text in texts:
                 logger.info("routing prompt: %r", text)
-        # One call for all the prompts: in the router replica each joins the batching queue.
-        scores = await self._decide(
-            self.router.score_many.remote([(target.router, t) for t in texts])
-        )
+        scores = await self.scores(target.router, texts)
         routes = ["strong" if s >= target.threshold else "weak" for s in scores]
         counts = Counter(routes)
         self._routed_now(started, counts)
@@ -465,10 +516,9 @@ class Ingress:
 
     async def check_deployments(self) -> dict[str, str]:
         """Each deployment's state as this ingress reaches it: "ok" or why not."""
-        probes = {
-            "router": self.router.describe.remote(),
-            **{name: handle.check_health.remote() for name, handle in self.backends.items()},
-        }
+        probes = {name: handle.check_health.remote() for name, handle in self.backends.items()}
+        if self.router is not None:
+            probes = {"router": self.router.describe.remote(), **probes}
 
         async def probe(call: Any) -> str:
             try:

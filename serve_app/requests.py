@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from routers.serving_names import ModelNameError, parse_router_model, router_model_names
+from routers.thresholds import ThresholdError, threshold_for_share
 from serve_app.errors import APIError
 
 # The most completions one chat request may ask for (`n`), as the OpenAI API allows: each is
@@ -162,8 +164,29 @@ def _field_path(loc: tuple[int | str, ...]) -> list[int | str]:
     return [p for i, p in enumerate(parts) if i + 1 == len(parts) or p != parts[i + 1]]
 
 
+def _check_message_content(request: ChatRequest) -> None:
+    """Refuse a message without content as the OpenAI API does (400, missing required
+    parameter), so both routes refuse the same bodies: vLLM would answer one. Only an assistant
+    message that calls tools (or a function) may leave its content out."""
+    for i, message in enumerate(request.messages):
+        if message.content is not None:
+            continue
+        extra = message.model_extra or {}
+        if message.role == "assistant" and (extra.get("tool_calls") or extra.get("function_call")):
+            continue
+        param = f"messages.{i}.content"
+        raise APIError(
+            400,
+            f"missing required parameter: {param} (a {message.role} message needs content)",
+            param=param,
+            code="missing_required_parameter",
+        )
+
+
 def parse_chat_request(raw: bytes) -> ChatRequest:
-    return _validate(ChatRequest, _json_object(raw))
+    request = _validate(ChatRequest, _json_object(raw))
+    _check_message_content(request)
+    return request
 
 
 class RouteRequest(BaseModel):
@@ -214,71 +237,71 @@ def routing_text(request: ChatRequest, route_on: str) -> str:
     return text
 
 
-_ROUTER_MODEL = re.compile(r"^router-(?P<rest>.+)$")
-
-
-def router_models(thresholds: dict[str, float]) -> list[str]:
+def router_models(thresholds: Mapping[str, float]) -> list[str]:
     """The model names that route: `router-<name>` for every router name and alias."""
-    return [f"router-{n}" for n in sorted(thresholds)]
+    return router_model_names(thresholds)
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where a request goes: through a router (with a threshold) or straight to a backend."""
+    """Where a request goes: through a router (with a threshold) or straight to a backend.
+    `pinned`: the model name itself fixed the threshold (a number or a share), so nothing
+    that adjusts the router's default threshold applies."""
 
     router: str | None
     threshold: float | None
     backend: Literal["strong", "weak"] | None
+    pinned: bool = False
 
 
-def resolve_model(model: str, thresholds: dict[str, float], strong: str, weak: str) -> Target:
-    """`router-<name>-<threshold>`, `router-<name>`, or a backend's own model name."""
+def resolve_model(
+    model: str,
+    thresholds: Mapping[str, float],
+    strong: str,
+    weak: str,
+    share_tables: Mapping[str, Mapping[float, float]] | None = None,
+) -> Target:
+    """`router-<name>-<threshold>`, `router-<name>-<N>pct` (the threshold recorded for N %
+    strong calls in `share_tables`), `router-<name>`, or a backend's own model name."""
     if model == strong:
         return Target(None, None, "strong")
     if model == weak:
         return Target(None, None, "weak")
-    match = _ROUTER_MODEL.match(model)
-    if match:
-        rest = match["rest"]
-        if rest in thresholds:
-            return Target(rest, thresholds[rest], None)
-        # Router names may contain dashes themselves: match the longest known name first.
-        name = next(
-            (n for n in sorted(thresholds, key=len, reverse=True) if rest.startswith(n + "-")), None
-        )
-        if name is not None:
-            value = rest[len(name) + 1 :]
-            try:
-                threshold = float(value)
-            except ValueError:
-                raise APIError(
-                    400, f"threshold {value!r} in model {model!r} is not a number", param="model"
-                ) from None
-            if not 0.0 <= threshold <= 1.0:
-                raise APIError(
-                    400,
-                    f"threshold {threshold} in model {model!r} is outside [0, 1]",
-                    param="model",
-                )
-            return Target(name, threshold, None)
-        known = ", ".join(router_models(thresholds))
+    try:
+        asked = parse_router_model(model, thresholds)
+    except ModelNameError as exc:
+        if exc.unknown:
+            raise APIError(404, str(exc), param="model", code="model_not_found") from None
+        raise APIError(400, str(exc), param="model") from None
+    if asked is None:
         raise APIError(
             404,
-            f"unknown router in model {model!r}; available: {known}",
+            f"model {model!r} not found; use router-<name>[-<threshold>|-<N>pct], {strong!r} "
+            f"or {weak!r}",
             param="model",
             code="model_not_found",
         )
-    raise APIError(
-        404,
-        f"model {model!r} not found; use router-<name>[-<threshold>], {strong!r} or {weak!r}",
-        param="model",
-        code="model_not_found",
-    )
+    if asked.threshold is not None:
+        return Target(asked.router, asked.threshold, None, pinned=True)
+    if asked.strong_share is not None:
+        table = (share_tables or {}).get(asked.router, {})
+        try:
+            threshold = threshold_for_share(table, asked.strong_share, f"router {asked.router!r}")
+        except ThresholdError as exc:
+            raise APIError(400, f"model {model!r}: {exc}", param="model") from None
+        return Target(asked.router, threshold, None, pinned=True)
+    return Target(asked.router, thresholds[asked.router], None)
 
 
-def resolve_router(model: str, thresholds: dict[str, float], strong: str, weak: str) -> Target:
+def resolve_router(
+    model: str,
+    thresholds: Mapping[str, float],
+    strong: str,
+    weak: str,
+    share_tables: Mapping[str, Mapping[float, float]] | None = None,
+) -> Target:
     """Like `resolve_model`, for `POST /v1/route`: only a router model makes a decision."""
-    target = resolve_model(model, thresholds, strong, weak)
+    target = resolve_model(model, thresholds, strong, weak, share_tables)
     if target.router is None:
         known = ", ".join(router_models(thresholds))
         raise APIError(

@@ -13,7 +13,7 @@ from ray.serve import metrics
 from routers import cap_threads
 from routers.checkpoint import load_router
 from routers.shipped import router_path
-from routers.thresholds import resolve_threshold
+from routers.thresholds import recorded_share_thresholds, resolve_threshold
 from serve_app.config import BatchingConfig
 
 
@@ -30,13 +30,16 @@ class RouterDeployment:
             cap_threads(threads)
         self._routers: dict[str, Any] = {}
         self._thresholds: dict[str, float] = {}
+        self._share_tables: dict[str, dict[float, float]] = {}
         for spec in routers:
             path = router_path(spec.get("path"))
             router = load_router(path, **spec.get("options", {}))
             threshold = resolve_threshold(path, threshold=spec.get("threshold"))
+            table = recorded_share_thresholds(path)
             for name in [spec["name"], *spec.get("aliases", [])]:
                 self._routers[name] = router
                 self._thresholds[name] = threshold
+                self._share_tables[name] = table
         # Load embedders now: the replica reports ready only once it can answer at full speed.
         for router in {id(r): r for r in self._routers.values()}.values():
             router.score(["warm up"])
@@ -65,6 +68,11 @@ class RouterDeployment:
     def describe(self) -> dict[str, float]:
         """Router names (aliases included) and their default thresholds."""
         return dict(self._thresholds)
+
+    def share_tables(self) -> dict[str, dict[float, float]]:
+        """Router names (aliases included) and the thresholds their directories record for
+        each strong share (`router-<name>-<N>pct`); {} for a router that records none."""
+        return dict(self._share_tables)
 
     async def score_many(self, items: list[tuple[str, str]]) -> list[float]:
         """Several (router name, prompt) items in one call (POST /v1/route): each joins the

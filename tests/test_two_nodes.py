@@ -175,7 +175,7 @@ def test_endpoint_answers_through_the_head_with_its_router_on_the_worker(
         StrongStandin(answer_prefix="weak answer: ") as weak,
     ):
         config = ServeConfig(
-            routers=[RouterSpec(name="fast", path="fast")],
+            routers=[RouterSpec(name="fast", path="fast", placement="deployment")],
             strong=OpenAIBackendConfig(model=STRONG_MODEL, base_url=strong.base_url),
             weak=OpenAIBackendConfig(model=WEAK_MODEL, base_url=weak.base_url),
             # Only the worker node offers this resource: the router replica must go there.

@@ -35,6 +35,7 @@ from routers.kinds.pair import FixedPairLoadOptions, check_fixed_pair
 from routers.protocol import BaseRouter, LoadOptions, Router
 from routers.shipped import router_path
 from routers.text.embedders import LazyEmbedder, get_embedder
+from routers.text.static import is_static_model
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,12 @@ class DistilledRouter(LazyEmbedder, BaseRouter):
 
     def score(self, prompts: Sequence[str]) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logit(self.embedder.encode(list(prompts)))))
+
+    @classmethod
+    def scores_lightly(cls, config: dict[str, Any]) -> bool:
+        # A static embedder is a token-table lookup and the head a small numpy product; a
+        # transformer embedder (a distilled student can have one) is not light.
+        return is_static_model((config.get("embedder") or default_embedder()).get("model_path"))
 
     def config(self) -> dict[str, Any]:
         return {

@@ -22,6 +22,10 @@ class RandomRouter(BaseRouter):
     kind = "random"
     load_options: ClassVar[type[LoadOptions]] = RandomLoadOptions
 
+    @classmethod
+    def scores_lightly(cls, config: dict[str, Any]) -> bool:
+        return True
+
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
         self._rng = np.random.default_rng(seed)

@@ -47,7 +47,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
     from routeray.demo.strong_standin import StrongStandin
     from routeray.demo.tiny_model import build_tiny_model
     from serve_app.app import build
-    from serve_app.config import AuthConfig
+    from serve_app.config import AuthConfig, RouterSpec
 
     serve_env.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     root = tmp_path_factory.mktemp("serve")
@@ -58,6 +58,10 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
     standin.start()
     port = free_port()
     config = demo_config(model_dir, standin.base_url, port)
+    # The tests of the router deployment (batching, replicas) use `gap` and its aliases there;
+    # `light` is the same shipped router placed in the ingress, with a share table recorded.
+    config.routers[0].placement = "deployment"
+    config.routers.append(RouterSpec(name="light", path=str(light_router(root / "light"))))
     config.auth = AuthConfig(api_keys=SecretRef(file=str(keys)))
     config.max_body_bytes = 64 * 1024
     config.max_route_prompts = MAX_ROUTE_PROMPTS
@@ -77,6 +81,26 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, serve_env: pytest.MonkeyP
     yield f"http://127.0.0.1:{port}/v1", standin, metrics_port, config
     serve.shutdown()
     standin.stop()
+
+
+# The strong shares `light_router` records: (share, threshold).
+LIGHT_SHARES = {0.1: 0.9, 0.3: 0.6, 0.9: 0.2}
+
+
+def light_router(directory: Path) -> Path:
+    """A copy of the shipped default with `LIGHT_SHARES` recorded as its share table, so that
+    `router-light-<N>pct` has thresholds to read whatever the shipped router records."""
+    import json
+    import shutil
+
+    from routers import router_path
+
+    shutil.copytree(router_path("default"), directory)
+    config = directory / "config.json"
+    document = json.loads(config.read_text())
+    document["metadata"]["share_thresholds"] = {f"{k:.2f}": v for k, v in LIGHT_SHARES.items()}
+    config.write_text(json.dumps(document))
+    return directory
 
 
 @pytest.fixture(scope="package")

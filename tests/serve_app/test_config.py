@@ -130,7 +130,7 @@ def test_router_replicas_can_ask_for_custom_resources(tmp_path: Path):
 
     path = tmp_path / "c.yaml"
     path.write_text(
-        "routers: [{name: fast, path: fast}]\n"
+        "routers: [{name: fast, path: fast, placement: deployment}]\n"
         "strong: {kind: openai, model: s, base_url: 'http://x/v1'}\n"
         "weak: {kind: openai, model: w, base_url: 'http://y/v1'}\n"
         "router_deployment: {num_cpus: 0.5, resources: {router_node: 1}}\n"
@@ -145,3 +145,47 @@ def test_router_replicas_can_ask_for_custom_resources(tmp_path: Path):
     path.write_text(path.read_text().replace("router_node: 1", "router_node: lots"))
     with pytest.raises(ValidationError, match="resources"):
         ServeConfig.from_yaml(path)
+
+
+def _bound(config: ServeConfig):
+    """The ingress's bound init args: (config dict, router app or None, strong, weak)."""
+    from serve_app.app import build
+
+    return build(config)._bound_deployment.init_args
+
+
+def test_a_light_router_scores_in_the_ingress_and_a_heavy_one_on_the_deployment(tmp_path: Path):
+    backends = (
+        "strong: {kind: openai, model: s, base_url: 'http://x/v1'}\n"
+        "weak: {kind: openai, model: w, base_url: 'http://y/v1'}\n"
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "routers: [{name: fast, path: fast}, {name: minilm, path: minilm}]\n" + backends
+    )
+    config, router, *_ = _bound(ServeConfig.from_yaml(path))
+    placed = {r["name"]: r["placement"] for r in config["routers"]}
+    assert placed == {"fast": "ingress", "minilm": "deployment"}
+    # Only the heavy router is loaded by the router deployment.
+    assert [r["name"] for r in router._bound_deployment.init_args[0]] == ["minilm"]
+    # Every router in the ingress: no router deployment at all.
+    path.write_text("routers: [{name: fast, path: fast}]\n" + backends)
+    assert _bound(ServeConfig.from_yaml(path))[1] is None
+    # An explicit placement wins over the kind's.
+    path.write_text("routers: [{name: minilm, path: minilm, placement: ingress}]\n" + backends)
+    config, router, *_ = _bound(ServeConfig.from_yaml(path))
+    assert config["routers"][0]["placement"] == "ingress" and router is None
+
+
+def test_the_ingress_can_autoscale(tmp_path: Path):
+    from serve_app.app import build
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "strong: {kind: openai, model: s, base_url: 'http://x/v1'}\n"
+        "weak: {kind: openai, model: w, base_url: 'http://y/v1'}\n"
+        "ingress: {num_cpus: 0.25, autoscaling: {min_replicas: 1, max_replicas: 3}}\n"
+    )
+    ingress = build(ServeConfig.from_yaml(path))._bound_deployment
+    assert ingress.ray_actor_options["num_cpus"] == 0.25
+    assert ingress._deployment_config.autoscaling_config.max_replicas == 3

@@ -199,13 +199,28 @@ TABLE = [
         400,
         param="messages.0.content",
     ),
+    # Both routes refuse a message without content, as the OpenAI API does (vLLM would not).
     Hostile(
         "content null, routed",
         chat(model="router-gap", messages=[{"role": "user", "content": None}]),
         400,
-        "no user text",
+        "missing required parameter",
+        "messages.0.content",
     ),
-    Hostile("content null, weak", chat(messages=[{"role": "user", "content": None}]), 200),
+    Hostile(
+        "content null, weak",
+        chat(messages=[{"role": "user", "content": None}]),
+        400,
+        "missing required parameter",
+        "messages.0.content",
+    ),
+    Hostile(
+        "content missing, weak",
+        chat(messages=[{"role": "system", "content": "be brief"}, {"role": "user"}]),
+        400,
+        "missing required parameter",
+        "messages.1.content",
+    ),
     Hostile("content [], weak", chat(messages=[{"role": "user", "content": []}]), 200),
     Hostile(
         "role 'wizard'",

@@ -17,16 +17,61 @@ from serve_app.requests import (
 )
 
 THRESHOLDS = {"gap": 0.4, "default": 0.4, "gap-large": 0.7}
+# Thresholds recorded by strong share (5 % to 95 %); gap-large records none.
+SHARES = {"gap": {0.05: 0.9, 0.3: 0.6, 0.95: 0.1}, "gap-large": {}}
+
+
+def test_a_strong_share_in_the_name_reads_the_recorded_table():
+    assert resolve_model("router-gap-30pct", THRESHOLDS, "big", "small", SHARES) == Target(
+        "gap", 0.6, None, pinned=True
+    )
+    # Between recorded shares: interpolated, so 17.5 % lies halfway between 5 % and 30 %.
+    target = resolve_model("router-gap-17.5pct", THRESHOLDS, "big", "small", SHARES)
+    assert target.threshold == pytest.approx(0.75) and target.pinned
+    # A bare name keeps the default threshold, and may be adjusted (not pinned).
+    assert not resolve_model("router-gap", THRESHOLDS, "big", "small", SHARES).pinned
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "user"}], "messages.0.content"),
+        ([{"role": "user", "content": None}], "messages.0.content"),
+        (
+            [{"role": "system", "content": "s"}, {"role": "tool", "tool_call_id": "1"}],
+            "messages.1.content",
+        ),
+        ([{"role": "assistant"}, {"role": "user", "content": "hi"}], "messages.0.content"),
+    ],
+)
+def test_a_message_without_content_is_refused_as_openai_does(messages, param):
+    with pytest.raises(APIError) as info:
+        parse_chat_request(json.dumps({"model": "m", "messages": messages}).encode())
+    assert info.value.status == 400 and info.value.param == param
+    assert info.value.code == "missing_required_parameter"
+
+
+def test_an_assistant_message_that_calls_tools_may_leave_content_out():
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    request = parse_chat_request(json.dumps({"model": "m", "messages": messages}).encode())
+    assert request.messages[1].content is None
 
 
 def test_resolve_router_names_thresholds_and_backends():
     assert resolve_model("router-gap", THRESHOLDS, "big", "small") == Target("gap", 0.4, None)
-    assert resolve_model("router-gap-0.25", THRESHOLDS, "big", "small") == Target("gap", 0.25, None)
+    assert resolve_model("router-gap-0.25", THRESHOLDS, "big", "small") == Target(
+        "gap", 0.25, None, pinned=True
+    )
     assert resolve_model("router-gap-large", THRESHOLDS, "big", "small") == Target(
         "gap-large", 0.7, None
     )
     assert resolve_model("router-gap-large-0.9", THRESHOLDS, "big", "small") == Target(
-        "gap-large", 0.9, None
+        "gap-large", 0.9, None, pinned=True
     )
     assert resolve_model("big", THRESHOLDS, "big", "small") == Target(None, None, "strong")
     assert resolve_model("small", THRESHOLDS, "big", "small") == Target(None, None, "weak")
@@ -38,13 +83,17 @@ def test_resolve_router_names_thresholds_and_backends():
         ("router-gap-1.01", 400, "outside [0, 1]"),
         ("router-gap--0.1", 400, "outside [0, 1]"),
         ("router-gap-x", 400, "not a number"),
+        ("router-gap-100pct", 400, "below 100pct"),
+        ("router-gap-0pct", 400, "above 0pct"),
+        ("router-gap-large-30pct", 400, "records no thresholds by strong share"),
+        ("router-gap-99pct", 400, "outside the recorded range"),
         ("router-other", 404, "unknown router"),
         ("gpt-9", 404, "not found"),
     ],
 )
 def test_resolve_errors(model, status, words):
     with pytest.raises(APIError) as info:
-        resolve_model(model, THRESHOLDS, "big", "small")
+        resolve_model(model, THRESHOLDS, "big", "small", SHARES)
     assert info.value.status == status and words in info.value.message
     assert info.value.body()["error"]["param"] == "model"
 
@@ -163,7 +212,9 @@ def test_route_request_errors_are_400_with_the_param(body, param):
 
 
 def test_route_needs_a_router_model():
-    assert resolve_router("router-gap-0.2", THRESHOLDS, "big", "small") == Target("gap", 0.2, None)
+    assert resolve_router("router-gap-0.2", THRESHOLDS, "big", "small") == Target(
+        "gap", 0.2, None, pinned=True
+    )
     with pytest.raises(APIError) as info:
         resolve_router("small", THRESHOLDS, "big", "small")
     assert info.value.status == 400 and info.value.param == "model"

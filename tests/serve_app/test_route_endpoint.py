@@ -20,6 +20,7 @@ from ray import serve  # noqa: E402
 from routeray.demo.config import STRONG_MODEL, WEAK_MODEL  # noqa: E402
 from tests.serve_app.conftest import (  # noqa: E402
     KEY,
+    LIGHT_SHARES,
     MAX_ROUTE_PROMPTS,
     check_prompts_not_logged,
     scrape_metrics,
@@ -244,3 +245,46 @@ def test_a_batch_that_mixes_routers_gives_each_prompt_its_own_routers_score(rout
     assert scores == pytest.approx(expected, abs=1e-5)
     # The two routers disagree on these prompts, so a mix-up could not pass unseen.
     assert any(abs(a - b) > 1e-3 for a, b in zip(expected[::2], expected[1::2], strict=True))
+
+
+def test_a_light_router_scores_in_the_ingress_with_the_same_scores(endpoint, router):
+    """`light` (the shipped default, placement auto: a static router) is scored in the ingress
+    process: its scores are the router's own, and the router deployment sees none of them."""
+    from routers import load_router
+
+    light_dir = next(r.path for r in endpoint[3].routers if r.name == "light")
+    batches_before = Counter(router.batch_stats.remote().result())
+    data = post(endpoint, {"model": "router-light-0.5", "prompts": PROMPTS}).json()["data"]
+    expected = load_router(light_dir).score(PROMPTS)
+    for item, score in zip(data, expected, strict=True):
+        check_decision(item, float(score), 0.5)
+    assert Counter(router.batch_stats.remote().result()) == batches_before
+    # A chat request through the same in-ingress router, to the strong stand-in.
+    body = {"model": "router-light-0.0", "messages": [{"role": "user", "content": PROMPTS[1]}]}
+    response = httpx.post(f"{endpoint[0]}/chat/completions", json=body, headers=AUTH, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-routeray-route"] == "strong"
+    assert float(response.headers["x-routeray-score"]) == pytest.approx(expected[1], abs=1e-5)
+
+
+@pytest.mark.parametrize(("pct", "threshold"), [("30pct", 0.6), ("20pct", 0.75), ("90pct", 0.2)])
+def test_a_strong_share_in_the_model_name_routes_at_the_recorded_threshold(
+    endpoint, pct, threshold
+):
+    assert LIGHT_SHARES[0.3] == 0.6  # the table the fixture records (20 % is interpolated)
+    response = post(endpoint, {"model": f"router-light-{pct}", "prompts": PROMPTS[:2]})
+    assert response.status_code == 200, response.text
+    for item in response.json()["data"]:
+        assert item["threshold"] == pytest.approx(threshold)
+        assert item["route"] == ("strong" if item["score"] >= item["threshold"] else "weak")
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [("router-light-5pct", "outside the recorded range"), ("router-light-100pct", "below 100pct")],
+)
+def test_a_share_the_router_cannot_honour_is_a_400(endpoint, model, says):
+    response = post(endpoint, {"model": model, "prompts": ["hi"]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert says in error["message"] and error["param"] == "model"
