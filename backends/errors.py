@@ -57,6 +57,20 @@ class BackendError(Exception):
         return self.status in (401, 403)
 
 
+def may_fall_back(backend: str, route: str, failure: BackendError, *, enabled: bool) -> bool:
+    """Whether a failed call may be answered by the weak model instead: `backend` is the
+    backend that failed ("strong" or "weak"), `route` how the request reached it (the router's
+    "strong"/"weak", or "direct" for a request that named a backend's model), `enabled` the
+    deployment's `fallback_to_weak`. The one rule for the endpoint and the in-process
+    Controller."""
+    # Only a routed request may change model; naming a model explicitly means that model.
+    # And only when the strong service failed (429, 5xx, timeouts, dropped connections): a
+    # request it rejects is the client's to see, and a key it refuses must surface rather
+    # than quietly send every request to the weak model.
+    service_failed = not (failure.is_client_error or failure.is_auth_error)
+    return enabled and backend == "strong" and route != "direct" and service_failed
+
+
 def _rebuild(
     cls: type[BackendError],
     message: str,
