@@ -160,9 +160,8 @@ def test_a_strong_share_reads_the_recorded_table(controller, share_router):
         ("router-default-high", 400, None),
         ("router-default-1.5", 400, None),
         ("router-default-100pct", 400, None),
-        # Outside the recorded shares, and a router with no table at all.
+        # Outside the recorded shares.
         ("router-mix-5pct", 400, None),
-        ("router-default-30pct", 400, None),
     ],
 )
 def test_a_bad_model_name_is_refused_as_the_endpoint_refuses_it(
