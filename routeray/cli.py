@@ -278,31 +278,152 @@ def train(
 
 @app.command()
 def calibrate(
-    input: Annotated[Path, typer.Option(help="Parquet file of prompts.")],
+    input: Annotated[
+        list[Path] | None,
+        typer.Option(help="Parquet file of prompts; repeatable (their prompts together)."),
+    ] = None,
     router: RouterOption = "default",
-    strong_pct: Annotated[float, typer.Option(help="Share of strong calls, 0..1.")] = 0.5,
+    strong_pct: Annotated[
+        float, typer.Option(help="Share of strong calls, 0..1 (with --write: the default).")
+    ] = 0.3,
     prompt_column: PromptColumnOption = "prompt",
     load_option: LoadOptionOption = None,
+    unique_prompts: Annotated[
+        bool,
+        typer.Option(
+            "--unique-prompts",
+            help="Count each distinct prompt once (inputs holding a prompt per model answer).",
+        ),
+    ] = False,
+    fit_probability: Annotated[
+        bool,
+        typer.Option(
+            "--fit-probability",
+            help="First fit the curve that makes scores P(strong wins), on the labelled "
+            "sources in --train-dir that the router did not train on.",
+        ),
+    ] = False,
+    train_dir: TrainDirOption = SHARED_DATA / "train",
+    write: Annotated[
+        bool,
+        typer.Option(
+            "--write",
+            help="Record in the router directory: the probability curve (--fit-probability) "
+            "and the thresholds for every 1 % strong share of INPUT, the default at STRONG_PCT.",
+        ),
+    ] = False,
+    embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
+    no_embedding_cache: NoEmbeddingCacheOption = False,
 ) -> None:
-    """Print the threshold that sends STRONG_PCT of INPUT's prompts to the strong model."""
+    """Print the threshold that sends STRONG_PCT of INPUT's prompts to the strong model;
+    --fit-probability and --write calibrate a router directory (docs: README, "What a score
+    means")."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     from routers import prompt_error
-    from routers.thresholds import resolve_threshold
+    from routers.checkpoint import update_config
+    from routers.evaluation.calibration import share_thresholds, thresholds_for_shares
 
+    if not input and not fit_probability:
+        fail("give --input (prompts to calibrate a threshold on) or --fit-probability")
+    if write and not input:
+        fail(
+            "--write records thresholds as well as the curve, and they need --input: "
+            "thresholds recorded before a new curve would be in the old scores' units"
+        )
+    if not 0.0 <= strong_pct <= 1.0:
+        fail(f"--strong-pct must be a fraction in [0, 1], got {strong_pct}")
     path, loaded = _load(router, load_option)
-    try:
-        prompts = pq.read_table(input, columns=[prompt_column]).column(0).to_pylist()
-        threshold = resolve_threshold(path, strong_pct=strong_pct, router=loaded, prompts=prompts)
-    except (ValueError, KeyError, OSError) as exc:
-        fail(exc)
-    usable = sum(prompt_error(p) is None for p in prompts)
+    curve = None
+    with embedding_cache(embedding_cache_dir, no_embedding_cache):
+        if fit_probability:
+            loaded, curve = _fit_probability(loaded, path, train_dir)
+        if not input:
+            return
+        prompts: list[Any] = []
+        try:
+            for source in input:
+                prompts += pq.read_table(source, columns=[prompt_column]).column(0).to_pylist()
+        except (KeyError, OSError, ValueError) as exc:
+            fail(exc)
+        if unique_prompts:
+            prompts = list(dict.fromkeys(prompts))
+        usable = [p for p in prompts if prompt_error(p) is None]
+        if not usable:
+            fail("none of the prompts given is usable")
+        scores = loaded.score(usable)
+    threshold = float(thresholds_for_shares(scores, [strong_pct])[0])
     typer.echo(
-        f"threshold {threshold:.6f} sends {strong_pct:.1%} of {usable} prompts "
-        f"to the strong model ({len(prompts) - usable} unusable rows ignored)"
+        f"threshold {threshold:.6f} sends {strong_pct:.1%} of {len(usable)} prompts "
+        f"to the strong model ({len(prompts) - len(usable)} unusable rows ignored)"
     )
+    if write:
+        metadata = {
+            "default_threshold": threshold,
+            "share_thresholds": share_thresholds(scores),
+            "calibration": {
+                "prompts": [str(p) for p in input],
+                "prompt_column": prompt_column,
+                "unique_prompts": unique_prompts,
+                "n": len(usable),
+                "strong_pct": strong_pct,
+                "share_thresholds": "every 1 % from 1 % to 99 %",
+                "scores": "probabilities" if _is_calibrated(loaded) else "raw",
+            },
+        }
+        try:
+            update_config(path, probability=curve, metadata=metadata)
+        except (OSError, ValueError) as exc:
+            fail(exc)
+        mean = float(np.mean(scores))
+        typer.echo(
+            f"recorded in {path}: thresholds for 1-99 % strong, default {threshold:.6f} for "
+            f"{strong_pct:.0%}; mean score on these prompts {mean:.3f}"
+            + (f"; a probability curve of {len(curve.raw)} knots" if curve else "")
+        )
     # Full precision: a rounded threshold can land above the k-th score and miss the share.
     typer.echo(repr(threshold))
+
+
+def _is_calibrated(router: Any) -> bool:
+    from routers.decision.probability import probability_curve
+
+    return probability_curve(router) is not None
+
+
+def _fit_probability(loaded: Any, path: Path, train_dir: Path) -> tuple[Any, Any]:
+    """The router with a probability curve fitted on the labelled sources of `train_dir` that
+    it did not train on, and the curve; prints each source's held-out calibration."""
+    from routers.decision.probability import CalibratedRouter, uncalibrated
+    from routers.evaluation.calibration import (
+        calibration_labels,
+        expected_calibration_error,
+        fit_probability,
+        leave_one_source_out,
+        trained_sources,
+    )
+
+    raw_router = uncalibrated(loaded)
+    try:
+        labels = calibration_labels(train_dir, None, trained_sources(path))
+        raw = raw_router.score(labels["prompt"].tolist())
+        curve = fit_probability(raw, labels, {"train_dir": str(train_dir)})
+        held_out = leave_one_source_out(raw, labels) if labels["source"].nunique() > 1 else None
+    except (OSError, ValueError) as exc:
+        fail(exc)
+    typer.echo(f"probability curve: {len(curve.raw)} knots, fitted on {len(labels)} prompts")
+    if held_out is not None:
+        wins = labels["win"].to_numpy()
+        for source, rows in labels.groupby("source").indices.items():
+            ece = expected_calibration_error(held_out[rows], wins[rows])
+            typer.echo(
+                f"  {source}: {len(rows)} prompts, win rate {wins[rows].mean():.3f}, "
+                f"held-out mean p {held_out[rows].mean():.3f}, ECE {ece:.3f}"
+            )
+        ece = expected_calibration_error(held_out, wins)
+        typer.echo(f"  all, each source held out: ECE {ece:.3f}")
+    return CalibratedRouter(raw_router, curve), curve
 
 
 @app.command()

@@ -5,6 +5,11 @@
 A router whose embedder is a static model (`routers.text.static`) carries it in an
 `embedder/` subdirectory (the model's own JSON config, tokenizer and safetensors), so that the
 directory alone is the whole router wherever it is copied.
+
+A top-level `"probability"` section, where present, holds the curve that turns the kind's raw
+score into P(strong wins) (`routers.decision.probability`); `load_router` applies it,
+`save_router` of a loaded router keeps it, and `update_config` writes a new one (and recorded
+thresholds) into an existing directory without touching its weights.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from routers.card import write_card
+from routers.decision.probability import CalibratedRouter, ProbabilityCurve, probability_curve
 from routers.protocol import BaseRouter, OptionError
 from routers.registry import router_class
 from routers.text.static import is_static_model
@@ -30,6 +36,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 EMBEDDER_DIR = "embedder"
+PROBABILITY = "probability"
 
 
 class CheckpointError(ValueError):
@@ -48,7 +55,8 @@ def save_router(
     router: BaseRouter, directory: str | Path, metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write the router into `directory`; the config is written last so a crash mid-save
-    leaves a directory that `load_router` rejects instead of half-loads."""
+    leaves a directory that `load_router` rejects instead of half-loads. A calibrated router
+    (`load_router` of a directory with a probability curve) keeps its curve."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] = {
@@ -58,6 +66,9 @@ def save_router(
         "config": router.config(),
         "metadata": metadata or {},
     }
+    curve = probability_curve(router)
+    if curve is not None:
+        document[PROBABILITY] = curve.model_dump()
     _bundle_embedder(document, directory)
     tensors = {name: t.detach().contiguous().cpu() for name, t in router.tensors().items()}
     if tensors:
@@ -65,13 +76,47 @@ def save_router(
         save_file(tensors, str(weights))
         os.chmod(weights, 0o644)
         document["weights"] = {"file": WEIGHTS_FILE, "sha256": _sha256(weights)}
+    _write_config(document, directory)
+    write_card(document, directory)
+    return directory
+
+
+def _write_config(document: dict[str, Any], directory: Path) -> None:
+    # Atomic: a reader sees the old config or the new one, never half of one.
     with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as fh:
         json.dump(document, fh, indent=2, sort_keys=True)
         fh.write("\n")
     os.chmod(fh.name, 0o644)  # a temporary file is private; a router directory is shared
     os.replace(fh.name, directory / CONFIG_FILE)
-    write_card(document, directory)
+
+
+def update_config(
+    directory: str | Path,
+    *,
+    probability: ProbabilityCurve | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a probability curve and/or metadata entries (merged over the recorded ones) into
+    an existing router directory; weights, embedder and card are left as they are."""
+    directory = Path(directory)
+    document = read_config(directory)
+    if probability is not None:
+        document[PROBABILITY] = probability.model_dump()
+    if metadata:
+        document["metadata"] = {**document.get("metadata", {}), **metadata}
+    _write_config(document, directory)
     return directory
+
+
+def recorded_probability(document: dict[str, Any], directory: Path) -> ProbabilityCurve | None:
+    """The probability curve in a checkpoint document, or None when it records none."""
+    section = document.get(PROBABILITY)
+    if section is None:
+        return None
+    try:
+        return ProbabilityCurve.model_validate(section)
+    except ValueError as exc:
+        raise CheckpointError(f"{directory}: its probability curve is invalid: {exc}") from exc
 
 
 def _bundle_embedder(document: dict[str, Any], directory: Path) -> None:
@@ -138,7 +183,9 @@ def read_config(directory: str | Path) -> dict[str, Any]:
 
 def load_router(directory: str | Path, **options: Any) -> BaseRouter:
     """Load a router directory; `options` are the kind's load options (`LoadOptions`), the
-    inference-time choices such as the device or the model pair.
+    inference-time choices such as the device or the model pair. A directory that records a
+    probability curve gives a `CalibratedRouter`, whose scores are P(strong wins); the raw
+    scorer is `routers.decision.probability.uncalibrated(router)`.
 
     CheckpointError for a directory that cannot be loaded; OptionError (a ValueError too) for
     an option the kind does not take or a value it cannot use, raised before any weight is read.
@@ -150,6 +197,7 @@ def load_router(directory: str | Path, **options: Any) -> BaseRouter:
     except ValueError as exc:
         raise CheckpointError(f"{directory}: {exc}") from exc
     parsed = cls.parse_load_options(options)
+    curve = recorded_probability(document, directory)
     tensors = {}
     if "weights" in document:
         weights = directory / document["weights"]["file"]
@@ -165,10 +213,11 @@ def load_router(directory: str | Path, **options: Any) -> BaseRouter:
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{directory}: cannot read {weights.name}: {exc}") from exc
     try:
-        return cls.from_checkpoint(_bundled_embedder(document, directory), tensors, parsed)
+        router = cls.from_checkpoint(_bundled_embedder(document, directory), tensors, parsed)
     except OptionError:
         raise
     except (KeyError, TypeError, RuntimeError) as exc:
         raise CheckpointError(
             f"{directory}: config or weights do not fit router {document['router']!r}: {exc}"
         ) from exc
+    return router if curve is None else CalibratedRouter(router, curve)

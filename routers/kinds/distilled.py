@@ -30,6 +30,7 @@ import torch
 from routers.checkpoint import load_router
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.data.tables import GOLDEN_PREFIX
+from routers.decision.probability import uncalibrated
 from routers.evaluation.metrics import evaluate_scores
 from routers.kinds.pair import FixedPairLoadOptions, check_fixed_pair
 from routers.protocol import BaseRouter, LoadOptions, Router
@@ -211,7 +212,8 @@ class DistilledRouter(LazyEmbedder, BaseRouter):
         and the `corpus` prompts; then measure it held out, one training source at a time."""
         embedder = dict(embedder or default_embedder())
         hidden = int(hidden)
-        teacher_router = load_router(router_path(teacher))
+        # The teacher's raw scores: its probability curve is refitted for the student after.
+        teacher_router = uncalibrated(load_router(router_path(teacher)))
         table_prompts = labels["prompt"].astype(str).tolist()
         corpus = [str(p) for p in corpus]
         held_out = cls.held_out(teacher_router, labels, corpus, embedder, hidden, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from routers import load_router, router_path
+from routers.decision.probability import uncalibrated
 
 DOCUMENT = " ".join(
     f"Section {i}. The committee reviewed the quarterly figures for region {i % 7} and noted "
@@ -12,7 +13,9 @@ DOCUMENT = " ".join(
 
 
 def test_question_at_the_end_of_a_long_prompt_changes_the_score():
-    router = load_router(router_path("minilm"))
+    # The raw scorer: what the window feeds; the probability curve is nearly flat in places
+    # and would hide a real change under the tolerance below.
+    router = uncalibrated(load_router(router_path("minilm")))
     easy_question = "Thanks! Could you say hello back?"
     hard_question = (
         "Using the figures above, derive a closed-form expression for the variance of the "
