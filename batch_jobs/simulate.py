@@ -2,7 +2,8 @@
 
 Scores every prompt once per router on Ray Data, then sweeps thresholds on the driver with one
 sort and cumulative sums (routers.evaluation.simulation). Writes `summary.json`, `curve.parquet`,
-`report.md` and `cost_quality.png` into the output directory.
+`report.md` and `cost_quality.png` into the output directory; with a share controller target,
+also its replay over time (batch_jobs.controller_replay).
 
     routeray simulate --input traffic/ --prices prices.yaml --output sim/ [--router DIR ...]
     ray job submit -- routeray simulate --input ... --prices ... --output ...
@@ -10,6 +11,7 @@ sort and cumulative sums (routers.evaluation.simulation). Writes `summary.json`,
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batch_jobs.inputs import READ_CPUS, inspect_inputs, read_units, work_units
+from batch_jobs.controller_replay import controller_replay, write_controller_report
+from batch_jobs.inputs import (
+    READ_CPUS,
+    ROW_COLUMN,
+    SOURCE_COLUMN,
+    inspect_inputs,
+    read_units,
+    work_units,
+)
 from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, call_size
 from batch_jobs.storage import Location, locate
 from routers import cap_threads
 from routers.checkpoint import load_router
+from routers.decision.share_control import ShareTarget
 from routers.evaluation.calibration import thresholds_for_shares
 from routers.evaluation.simulation import (
     CurvePoint,
@@ -35,10 +46,18 @@ from routers.evaluation.simulation import (
 from routers.prices import Prices
 from routers.prompts import SCORE_COLUMN, score_table
 from routers.shipped import SHIPPED, router_path
-from routers.thresholds import recorded_threshold
+from routers.thresholds import (
+    ThresholdError,
+    recorded_share_thresholds,
+    recorded_threshold,
+    threshold_for_share,
+)
 
 LABEL_COLUMNS = ("strong_score", "weak_score", "winner")
-CARRIED = ("input_tokens", "output_tokens", "timestamp", *LABEL_COLUMNS)
+# The file and row of each prompt ride along so a controller replay can keep file order.
+CARRIED = (
+    "input_tokens", "output_tokens", "timestamp", *LABEL_COLUMNS, SOURCE_COLUMN, ROW_COLUMN
+)  # fmt: skip
 
 
 def _router_name(spec: str, taken: set[str]) -> str:
@@ -127,6 +146,21 @@ def score_traffic(
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
+def request_costs(good: pd.DataFrame, prices: Prices) -> tuple[np.ndarray, np.ndarray]:
+    """Each usable request's cost (USD) on the strong and on the weak model: its input tokens,
+    and its output tokens where the traffic records them, else each model's mean."""
+    n = len(good)
+    tokens_in = good["input_tokens"].fillna(0).to_numpy(dtype=float)
+    if "output_tokens" in good and good["output_tokens"].notna().any():
+        observed = good["output_tokens"].to_numpy(dtype=float)
+        out_strong = np.where(np.isnan(observed), prices.strong.mean_output_tokens, observed)
+        out_weak = np.where(np.isnan(observed), prices.weak.mean_output_tokens, observed)
+    else:
+        out_strong = np.full(n, prices.strong.mean_output_tokens)
+        out_weak = np.full(n, prices.weak.mean_output_tokens)
+    return prices.strong.cost(tokens_in, out_strong), prices.weak.cost(tokens_in, out_weak)
+
+
 def simulate_frame(
     frame: pd.DataFrame,
     router_names: list[str],
@@ -141,17 +175,7 @@ def simulate_frame(
     """The sweep over a scored traffic frame: summary dict plus the curve as a DataFrame."""
     bad = frame["error"].notna().to_numpy()
     good = frame.loc[~bad].reset_index(drop=True)
-    n = len(good)
-    tokens_in = good["input_tokens"].fillna(0).to_numpy(dtype=float)
-    if "output_tokens" in good and good["output_tokens"].notna().any():
-        observed = good["output_tokens"].to_numpy(dtype=float)
-        out_strong = np.where(np.isnan(observed), prices.strong.mean_output_tokens, observed)
-        out_weak = np.where(np.isnan(observed), prices.weak.mean_output_tokens, observed)
-    else:
-        out_strong = np.full(n, prices.strong.mean_output_tokens)
-        out_weak = np.full(n, prices.weak.mean_output_tokens)
-    cost_strong = prices.strong.cost(tokens_in, out_strong)
-    cost_weak = prices.weak.cost(tokens_in, out_weak)
+    cost_strong, cost_weak = request_costs(good, prices)
 
     def column(name: str) -> np.ndarray | None:
         return good[name].to_numpy() if name in good else None
@@ -325,6 +349,9 @@ def run(
     batch_size: int = DEFAULT_BATCH_SIZE,
     num_actors: int | None = None,
     s3_endpoint: str | None = None,
+    controller: ShareTarget | None = None,
+    replay_hours: float = 24.0,
+    controller_batch: int = 1,
 ) -> dict[str, Any]:
     if budget is not None and quality_target is not None:
         raise ValueError("give either --budget or --quality-target, not both")
@@ -354,7 +381,38 @@ def run(
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     summary, curve = result["summary"], result["curve"]
+    if controller is not None:
+        good = frame.loc[frame["error"].isna()].reset_index(drop=True)
+        replayed = controller_replay(
+            good,
+            list(named),
+            *request_costs(good, prices),
+            controller,
+            replay_hours=replay_hours,
+            batch=controller_batch,
+            initial_thresholds=_initial_thresholds(named, controller),
+        )
+        write_controller_report(output, replayed)
+        # The totals; the timeline is in controller.json and controller.csv.
+        summary["controller"] = {
+            k: v if not isinstance(v, dict) else {n: x for n, x in v.items() if n != "timeline"}
+            for k, v in replayed["summary"].items()
+        }
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     curve.to_parquet(output / "curve.parquet", index=False)
     write_report(output, summary, curve)
     return summary
+
+
+def _initial_thresholds(named: dict[str, str], target: ShareTarget) -> dict[str, float]:
+    """Where the router records a threshold for the target share, the controller starts there
+    (it is what `router-NAME-30pct` would route at); else it starts from the first scores."""
+    if target.initial_threshold is not None or target.strong_share is None:
+        return {}
+    out = {}
+    for name, path in named.items():
+        with contextlib.suppress(ThresholdError):
+            out[name] = threshold_for_share(
+                recorded_share_thresholds(path), target.strong_share, path
+            )
+    return out

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from backends.config import BackendConfig, SecretRef, Strict
-from routers.placement import scores_lightly
+from routers.decision.placement import scores_lightly
+from routers.decision.share_control import ShareTarget
 from routers.prices import Prices
 from routers.shipped import SHIPPED, router_path
 
@@ -43,6 +44,22 @@ class RouterSpec(Strict):
         "static `fast`), 'deployment' on the batched router deployment (CPU or GPU replicas; "
         "MiniLM, BERT, causal LLM), 'auto' by the router's kind.",
     )
+    control: ShareTarget | None = Field(
+        default=None,
+        description="Hold a strong share or a spend rate: `router-<name>` routes at a share "
+        "controller's threshold, moved with the traffic (names with a threshold or a share "
+        "keep theirs). Its initial_threshold, else the one recorded for the share, else the "
+        "router's default, applies until it has seen min_scores prompts.",
+    )
+
+    @model_validator(mode="after")
+    def _control_or_threshold(self) -> RouterSpec:
+        if self.control is not None and self.threshold is not None:
+            raise ValueError(
+                f"router {self.name!r}: give a threshold or a control target, not both "
+                "(control.initial_threshold is where a controller starts)"
+            )
+        return self
 
 
 class BatchingConfig(Strict):

@@ -4,6 +4,8 @@ and the routing decision alone (`POST /v1/route`) for gateways."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -27,10 +29,16 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from backends import BackendError
+from backends.errors import may_fall_back
 from routers import Router, load_router, router_path
 from routers.prices import Prices
-from routers.thresholds import recorded_share_thresholds, resolve_threshold
-from serve_app.config import ServeConfig
+from routers.thresholds import (
+    ThresholdError,
+    recorded_share_thresholds,
+    resolve_threshold,
+    threshold_for_share,
+)
+from serve_app.config import RouterSpec, ServeConfig
 from serve_app.errors import APIError
 from serve_app.requests import (
     ChatRequest,
@@ -44,6 +52,7 @@ from serve_app.requests import (
     router_models,
     routing_text,
 )
+from serve_app.share_control import ControlClient
 
 logger = logging.getLogger("ray.serve")
 # A /v1/route list up to this long is scored by an in-ingress router on the event loop (a
@@ -133,14 +142,19 @@ def replica_failure(what: str, exc: BaseException) -> BackendError:
     return BackendError(f"the {what} failed: {type(exc).__name__}", status=503, retryable=True)
 
 
-def may_fall_back(backend: str, route: str, failure: BackendError, *, enabled: bool) -> bool:
-    """Whether a failed call may be answered by the weak model instead."""
-    # Only a routed request may change model; naming a model explicitly means that model.
-    # And only when the strong service failed (429, 5xx, timeouts, dropped connections): a
-    # request it rejects is the client's to see, and a key it refuses must surface rather
-    # than quietly send every request to the weak model.
-    service_failed = not (failure.is_client_error or failure.is_auth_error)
-    return enabled and backend == "strong" and route != "direct" and service_failed
+def _initial_threshold(spec: RouterSpec) -> float | None:
+    """Where a share controller starts: its own initial threshold, else the one the router
+    records for the target share, else the router's default threshold."""
+    assert spec.control is not None
+    if spec.control.initial_threshold is not None:
+        return spec.control.initial_threshold
+    path = router_path(spec.path)
+    if spec.control.strong_share is not None:
+        with contextlib.suppress(ThresholdError):
+            return threshold_for_share(
+                recorded_share_thresholds(path), spec.control.strong_share, str(path)
+            )
+    return resolve_threshold(path)
 
 
 @serve.ingress(api)
@@ -198,6 +212,54 @@ class Ingress:
             boundaries=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
         )
         self._routed = {"strong": 0, "weak": 0}
+        self._control_threshold = metrics.Gauge(
+            "routeray_threshold",
+            description="The threshold a share controller routes `router-<name>` at.",
+            tag_keys=("router",),
+        )
+        self._observed_share = metrics.Gauge(
+            "routeray_observed_strong_share",
+            description="Share of a controlled router's recent decisions (its window) that "
+            "went to the strong model.",
+            tag_keys=("router",),
+        )
+        self.control = self._control_client()
+
+    def _control_client(self) -> ControlClient | None:
+        """The share controllers of routers with `control:`, shared by every ingress replica
+        of this app through one actor (serve_app.share_control)."""
+        targets = {}
+        for spec in self.config.routers:
+            if spec.control is not None:
+                entry = (spec.name, spec.control, _initial_threshold(spec))
+                targets |= {name: entry for name in [spec.name, *spec.aliases]}
+        if not targets:
+            return None
+        return ControlClient(
+            serve.get_replica_context().app_name, targets, self.prices, self._exported
+        )
+
+    def _exported(self, name: str, figures: dict[str, Any]) -> None:
+        if figures.get("threshold") is not None:
+            self._control_threshold.set(figures["threshold"], tags={"router": name})
+        if figures.get("observed_share") is not None:
+            self._observed_share.set(figures["observed_share"], tags={"router": name})
+
+    def _controlled(self, target: Target) -> bool:
+        """Whether a share controller sets this target's threshold: a bare router-<name> of
+        a router with `control:` (a name with a threshold or a share keeps its own)."""
+        return bool(
+            self.control is not None
+            and target.router
+            and not target.pinned
+            and self.control.controls(target.router)
+        )
+
+    def _report(self, target: Target, scores: list[float], routes: list[str], texts: list[str]):
+        """Decisions at a controller's threshold go back to it (queued, not awaited)."""
+        if self._controlled(target):
+            strong = [r == "strong" for r in routes]
+            self.control.record(target.router, scores, strong, texts)
 
     def _load_local_routers(self) -> None:
         """Load the routers placed in the ingress (`placement: ingress`): their scoring is a
@@ -236,9 +298,15 @@ class Ingress:
         """The request's target from its `model` (see `serve_app.requests.resolve_model`)."""
         thresholds = await self.thresholds()
         resolve = resolve_router if route_only else resolve_model
-        return resolve(
+        target = resolve(
             model, thresholds, self.models["strong"], self.models["weak"], self._share_tables
         )
+        # A bare router-<name> of a controlled router routes at the controller's threshold.
+        if self._controlled(target):
+            threshold = await self.control.threshold(target.router)
+            if threshold is not None:
+                target = dataclasses.replace(target, threshold=threshold)
+        return target
 
     async def scores(self, router: str, texts: list[str]) -> list[float]:
         """Each text's score by the router named `router`: in this process for a router
@@ -342,6 +410,7 @@ class Ingress:
             (score,) = await self.scores(target.router, [text])
             backend = "strong" if score >= target.threshold else "weak"
             self._routed_now(started, Counter([backend]))
+            self._report(target, [score], [backend], [text])
             headers = _decision_headers(score, target.threshold)
             route = backend
         else:
@@ -368,6 +437,7 @@ class Ingress:
         routes = ["strong" if s >= target.threshold else "weak" for s in scores]
         counts = Counter(routes)
         self._routed_now(started, counts)
+        self._report(target, scores, routes, texts)
         for r, n in counts.items():
             self._decisions.inc(n, tags={"route": r, "model": self.models[r]})
         data = [

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from routers.serving_names import ModelNameError, parse_router_model, router_model_names
+from routers.decision.names import ModelNameError, parse_router_model, router_model_names
 from routers.thresholds import ThresholdError, threshold_for_share
 from serve_app.errors import APIError
 

@@ -22,8 +22,8 @@ from backends.errors import may_fall_back
 from routeray.controller.loop import LoopThread
 from routeray.controller.types import ControllerError, Decision, Routing
 from routers.checkpoint import load_router
+from routers.decision.names import ModelNameError, parse_router_model, router_model_names
 from routers.protocol import Router
-from routers.serving_names import ModelNameError, parse_router_model, router_model_names
 from routers.shipped import router_path
 from routers.thresholds import (
     ThresholdError,

@@ -128,6 +128,7 @@ def test_simulate_job_on_ray_writes_every_output(local_ray, tmp_path: Path, tiny
         [
             "simulate", "--input", str(traffic), "--prices", str(prices), "--output", str(out),
             "--router", str(tiny_router_dir), "--thresholds", "11", "--quality-target", "0.9",
+            "--controller", "strong_share=0.3,window=20,min_scores=10",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -149,3 +150,96 @@ def test_simulate_job_on_ray_writes_every_output(local_ray, tmp_path: Path, tiny
     report = (out / "report.md").read_text()
     assert "## Recommendation" in report and "cost_quality.png" in report
     assert (out / "cost_quality.png").stat().st_size > 1000
+
+    # The controller replay, in timestamp order (two hours apart: 118 hours).
+    replayed = json.loads((out / "controller.json").read_text())
+    assert replayed["timing"] == "timestamp column"
+    assert replayed["tiny-mf"]["requests"] == 59
+    assert replayed["tiny-mf"]["hours"] == pytest.approx(118)
+    assert summary["controller"]["tiny-mf"]["spend"] == replayed["tiny-mf"]["spend"]
+    assert 0.1 < replayed["tiny-mf"]["strong_share"] < 0.5
+    assert (out / "controller.png").stat().st_size > 1000
+    assert pd.read_csv(out / "controller.csv")["requests"].sum() == 59
+
+
+def drifting_traffic(n: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Scored traffic whose first half scores low and second half high, stored shuffled (as
+    Ray Data may hand it back) with the file and row each request came from."""
+    rng = np.random.default_rng(seed)
+    scores = np.concatenate([rng.beta(2, 5, n // 2), rng.beta(5, 2, n - n // 2)])
+    frame = pd.DataFrame(
+        {
+            "score:r": scores,
+            "error": None,
+            "input_tokens": rng.integers(10, 1000, n),
+            "__routeray_source": "day.parquet",
+            "__routeray_row": np.arange(n),
+        }
+    )
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def test_controller_replay_holds_the_share_in_file_order_and_writes_share_and_spend(
+    tmp_path: Path,
+):
+    from batch_jobs.controller_replay import controller_replay, load_target, write_controller_report
+    from batch_jobs.simulate import request_costs
+
+    good = drifting_traffic()
+    cost_strong, cost_weak = request_costs(good, PRICES)
+    target = load_target("strong_share=0.3,window=200")
+    result = controller_replay(good, ["r"], cost_strong, cost_weak, target, replay_hours=24)
+    summary = result["summary"]
+    assert summary["timing"] == "file order, spread evenly over 24 h"
+    timeline = result["timeline"]
+    assert len(timeline) == 48 and timeline["requests"].sum() == 2000
+    assert timeline["start_hour"].iloc[-1] == pytest.approx(23.5, abs=0.01)
+    # The scores jump at the middle of the file (hour 12); replayed shuffled, they would not.
+    second_half = timeline[timeline["start_hour"] >= 12]
+    assert second_half["threshold"].iloc[-1] > timeline["threshold"].iloc[10] + 0.2
+    late = timeline[timeline["start_hour"] >= 15]
+    share = (late["strong_share"] * late["requests"]).sum() / late["requests"].sum()
+    assert share == pytest.approx(0.3, abs=0.03)
+    r = summary["r"]
+    assert r["requests"] == 2000 and r["hours"] == pytest.approx(24, rel=0.01)
+    # Spend is the cost of the model each request went to, between all-weak and all-strong.
+    assert cost_weak.sum() < r["spend"] < cost_strong.sum()
+    assert timeline["spend"].sum() == pytest.approx(r["spend"])
+    assert r["spend_per_hour"] == pytest.approx(r["spend"] / r["hours"])
+
+    write_controller_report(tmp_path, result)
+    assert json.loads((tmp_path / "controller.json").read_text())["r"]["requests"] == 2000
+    assert len(pd.read_csv(tmp_path / "controller.csv")) == 48
+    assert (tmp_path / "controller.png").stat().st_size > 1000
+
+
+def test_controller_replay_follows_timestamps_and_a_spend_target(tmp_path: Path):
+    from batch_jobs.controller_replay import controller_replay, load_target
+    from batch_jobs.simulate import request_costs
+
+    good = drifting_traffic()
+    # Timestamps run backwards through the file: the high scores arrive first.
+    good["timestamp"] = pd.Timestamp("2026-10-01", tz="UTC") + pd.to_timedelta(
+        (2000 - good["__routeray_row"]) * 36, unit="s"
+    )
+    cost_strong, cost_weak = request_costs(good, PRICES)
+    # 100 requests an hour: $0.5/hour is about a fifth of all-strong's spend rate.
+    budget = 0.2 * cost_strong.mean() * 100
+    spec = tmp_path / "target.yaml"
+    spec.write_text(yaml.safe_dump({"spend_usd_per_hour": float(budget), "window": 300}))
+    target = load_target(str(spec))
+    result = controller_replay(good, ["r"], cost_strong, cost_weak, target)
+    assert result["summary"]["timing"] == "timestamp column"
+    timeline = result["timeline"]
+    assert timeline["threshold"].iloc[5] > timeline["threshold"].iloc[-1]
+    steady = timeline[timeline["start_hour"] >= 5]
+    spend = steady["spend"].sum() / (len(steady) * 20 / 48)
+    assert spend == pytest.approx(budget, rel=0.10)
+
+
+@pytest.mark.parametrize("spec", ["strong_share", "strong_share=0.3,spend_usd_per_hour=1", "x=1"])
+def test_controller_spec_is_refused_with_a_reason(spec: str):
+    from batch_jobs.controller_replay import load_target
+
+    with pytest.raises(ValueError):
+        load_target(spec)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backends import BackendError
-from serve_app.ingress import may_fall_back
+from backends.errors import may_fall_back
 
 SERVICE_FAILURES = [
     BackendError("rate limited", status=429, retryable=True),
