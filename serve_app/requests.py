@@ -65,7 +65,15 @@ class FilePart(_PassThrough):
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 
+# What `_check_message_content` enforces, said in the request document too: non-null content.
+# The one exception it allows, an assistant message that calls tools, is left out of the
+# document, which would otherwise have to describe a valid tool call in full.
+_CONTENT_REQUIRED = {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}
+
+
 class Message(_PassThrough):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"allOf": [_CONTENT_REQUIRED]})
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
@@ -172,7 +180,8 @@ def _check_message_content(request: ChatRequest) -> None:
         if message.content is not None:
             continue
         extra = message.model_extra or {}
-        if message.role == "assistant" and (extra.get("tool_calls") or extra.get("function_call")):
+        calls = extra.get("tool_calls") is not None or extra.get("function_call") is not None
+        if message.role == "assistant" and calls:
             continue
         param = f"messages.{i}.content"
         raise APIError(

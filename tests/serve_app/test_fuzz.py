@@ -48,7 +48,7 @@ from tests.serve_app.openai_errors import openai_error_problems  # noqa: E402
 
 # Generated cases per operation in the fuzzing phase; the examples and coverage phases add
 # their own deterministic cases (boundary values, each property missing or mistyped, ...).
-MAX_EXAMPLES = 60
+MAX_EXAMPLES = 100
 # Model names that reach a backend: routed (either backend, by the prompt), or named.
 MODELS = ("router-gap", "router-fast-0.5", STRONG_MODEL, WEAK_MODEL)
 # What a body sent to a backend may ask for at most: the weak model writes every token.
