@@ -1,13 +1,15 @@
 """Exactly-once results: one output file per input file, published whole, so a killed job that
 is run again skips what is done and neither loses nor repeats a row.
 
-While a job runs, the sink writes each routed block's rows to hidden staging pieces and tells a
-small tracker actor how many rows of which input file they hold. The write task that completes
-a file merges its pieces in input order into the file's one output (same relative path as the
-input), published atomically: an S3 object appears when its upload completes, a local file is
-renamed into place. Readers (pyarrow, Ray Data, Spark) skip hidden names, so partial work is
-never visible as results. A rerun lists the published outputs, drops old staging and processes
-only the files without one.
+While a job runs, a `Stager` writes each processed block's rows to hidden staging pieces and
+tells a small tracker actor how many rows of which input file they hold. The stager that
+completes a file merges its pieces in input order into the file's one output (same relative
+path as the input), published atomically: an S3 object appears when its upload completes, a
+local file is renamed into place. The stager runs in a Ray Data write task (`CommitSink`), or,
+for the route job, in the router actors themselves right after each batch, so that files are
+published in step with routing (batch_jobs.route.RouteBatch says why). Readers (pyarrow,
+Ray Data, Spark) skip hidden names, so partial work is never visible as results. A rerun lists
+the published outputs, drops old staging and processes only the files without one.
 
 `_JOB.json` records the job's settings; a rerun with different settings refuses to mix its
 rows with the old ones unless told to overwrite. Each output carries its own totals in its
@@ -23,9 +25,10 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import pyarrow as pa
@@ -42,6 +45,7 @@ JOB_FILE = "_JOB.json"
 SUMMARY_FILE = "_SUMMARY.json"
 STAGING_DIR = ".staging"
 STATS_KEY = b"routeray.stats"
+PIECE_KEY = b"routeray.piece"
 WRITE_CPUS = 0.25
 
 logger = logging.getLogger(__name__)
@@ -149,47 +153,89 @@ def _total_stats(tables: Iterable[dict[str, float]]) -> dict[str, float]:
     return dict(totals)
 
 
-def publish(output: Location, relative: str, tables: list[pa.Table], stats: StatsFn) -> None:
-    """Merge one input file's rows, in input order, into its output file."""
-    table = pa.concat_tables(tables)
-    table = table.sort_by(ROW_COLUMN) if table.num_rows else table
-    table = table.drop_columns([c for c in (SOURCE_COLUMN, ROW_COLUMN) if c in table.column_names])
-    metadata = dict(table.schema.metadata or {})
+def publish(
+    output: Location, relative: str, pieces: Sequence[str | pa.Table], stats: StatsFn
+) -> None:
+    """Merge one input file's rows, in input order, into its output file. `pieces` are staging
+    pieces (paths) or tables; pieces hold no more than a batch each and are merged one at a
+    time, so publishing a file of any size takes a batch's memory, not the file's."""
+    tables = [p for p in pieces if isinstance(p, pa.Table)]
+    paths = [p for p in pieces if isinstance(p, str)]
+    infos = [_piece_info(output.fs, p) for p in paths]
+    order = sorted(range(len(paths)), key=lambda i: infos[i]["first"])
+    apart = all(infos[a]["last"] < infos[b]["first"] for a, b in pairwise(order))
+    if tables or not apart:
+        # Rows of one piece between those of another: sort them all together (a batch that
+        # took row groups of one file out of order); or tables already in memory.
+        loaded = tables + [pq.read_table(p, filesystem=output.fs) for p in paths]
+        _publish_table(output, relative, pa.concat_tables(loaded), stats)
+        return
+    totals = _total_stats(info["stats"] for info in infos)
+
+    def in_order() -> Iterator[pa.Table]:
+        for i in order:
+            yield _rows(pq.read_table(paths[i], filesystem=output.fs).sort_by(ROW_COLUMN))
+
+    first = _rows(pq.read_schema(paths[order[0]], filesystem=output.fs).empty_table())
+    metadata = {k: v for k, v in (first.schema.metadata or {}).items() if k != PIECE_KEY}
+    metadata[STATS_KEY] = json.dumps(totals).encode()
+    write_table_atomic(output.join(relative), in_order(), first.schema.with_metadata(metadata))
+
+
+def _rows(table: pa.Table) -> pa.Table:
+    """A table without the columns the job adds while rows are in flight."""
+    return table.drop_columns([c for c in (SOURCE_COLUMN, ROW_COLUMN) if c in table.column_names])
+
+
+def _publish_table(output: Location, relative: str, table: pa.Table, stats: StatsFn) -> None:
+    table = _rows(table.sort_by(ROW_COLUMN) if table.num_rows else table)
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != PIECE_KEY}
     metadata[STATS_KEY] = json.dumps(stats(table)).encode()
-    schema = table.schema.with_metadata(metadata)
-    write_table_atomic(output.join(relative), [table], schema)
+    write_table_atomic(output.join(relative), [table], table.schema.with_metadata(metadata))
 
 
-class CommitSink(Datasink):
-    """Ray Data datasink: stage rows, publish each input file once all its rows are staged."""
+def _piece_info(fs: pafs.FileSystem, piece: str) -> dict[str, Any]:
+    """The first and last row and the totals of a staged piece, from its footer."""
+    return json.loads((pq.read_schema(piece, filesystem=fs).metadata or {})[PIECE_KEY])
+
+
+class Stager:
+    """Stages routed rows and publishes each input file once all its rows are staged: what a
+    job's writer does, wherever it runs (a Ray Data write task, `CommitSink`, or the job's own
+    actors right after they process a batch, `run_files(commit_in_transform=True)`).
+
+    Picklable: the filesystem, the tracker's handle and the stats function travel to every
+    process that stages."""
 
     def __init__(self, output: Location, tracker: Any, stats: StatsFn) -> None:
-        super().__init__()
         self.output = output
         self.tracker = tracker
         self.stats = stats
 
-    def write(self, blocks: Iterable[Any], ctx: Any) -> int:
+    def stage(self, table: pa.Table) -> int:
+        """Stage `table`'s rows (publishing the files they complete); the rows staged."""
         import ray
-        from ray.data.block import BlockAccessor
 
         fs = self.output.fs
         written = 0
-        for block in blocks:
-            table = BlockAccessor.for_block(block).to_arrow()
-            sources = table.column(SOURCE_COLUMN)
-            for relative in pc.unique(sources).to_pylist():
-                part = table.filter(pc.equal(sources, relative))
-                rows = part.column(ROW_COLUMN)
-                first, last = pc.min(rows).as_py(), pc.max(rows).as_py()
-                name = hashlib.sha1(f"{relative}:{first}:{last}:{len(part)}".encode()).hexdigest()
-                piece = self.output.join(STAGING_DIR, f"{name}.parquet").path
-                write_table_atomic(Location(fs, piece, piece), [part], part.schema)
-                written += part.num_rows
-                complete = ray.get(self.tracker.add.remote(relative, part.num_rows, piece))
-                if complete is not None:
-                    self._publish(relative, complete)
-                    ray.get(self.tracker.published.remote(relative))
+        sources = table.column(SOURCE_COLUMN)
+        for relative in pc.unique(sources).to_pylist():
+            part = table.filter(pc.equal(sources, relative))
+            rows = part.column(ROW_COLUMN)
+            first, last = pc.min(rows).as_py(), pc.max(rows).as_py()
+            name = hashlib.sha1(f"{relative}:{first}:{last}:{len(part)}".encode()).hexdigest()
+            piece = self.output.join(STAGING_DIR, f"{name}.parquet").path
+            # What publishing needs without reading the rows: where they go, and their totals.
+            info = {"first": first, "last": last, "stats": self.stats(_rows(part))}
+            metadata = {**(part.schema.metadata or {}), PIECE_KEY: json.dumps(info).encode()}
+            write_table_atomic(
+                Location(fs, piece, piece), [part], part.schema.with_metadata(metadata)
+            )
+            written += part.num_rows
+            complete = ray.get(self.tracker.add.remote(relative, part.num_rows, piece))
+            if complete is not None:
+                self._publish(relative, complete)
+                ray.get(self.tracker.published.remote(relative))
         return written
 
     def _publish(self, relative: str, complete: list[str]) -> None:
@@ -199,16 +245,27 @@ class CommitSink(Datasink):
         target = self.output.join(relative)
         if not target.exists():
             try:
-                pieces = [pq.read_table(p, filesystem=fs) for p in complete]
+                publish(self.output, relative, complete, self.stats)
             except FileNotFoundError:
                 # Another publisher finished and cleared the pieces meanwhile.
                 if not target.exists():
                     raise
-            else:
-                publish(self.output, relative, pieces, self.stats)
         for path in complete:
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(path)
+
+
+class CommitSink(Datasink, Stager):
+    """Ray Data datasink: a `Stager` in the job's write tasks."""
+
+    def __init__(self, output: Location, tracker: Any, stats: StatsFn) -> None:
+        Datasink.__init__(self)
+        Stager.__init__(self, output, tracker, stats)
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> int:
+        from ray.data.block import BlockAccessor
+
+        return sum(self.stage(BlockAccessor.for_block(b).to_arrow()) for b in blocks)
 
 
 @dataclass(frozen=True)
@@ -240,9 +297,15 @@ def run_files(
     transform: Callable[[Any], Any],
     stats: StatsFn,
     empty_result: Callable[[pa.Table], pa.Table],
+    *,
+    commits_itself: bool = False,
 ) -> tuple[dict[str, float], RunTiming]:
     """Process every input file without a published output; return totals over all of them
-    and what this run processed, in how long."""
+    and what this run processed, in how long.
+
+    `transform(dataset)` returns the processed rows, which a `CommitSink` writes; with
+    `commits_itself`, `transform(dataset, stager)` stages its rows itself with the `Stager`
+    it is given and returns a dataset with one int column: the rows each batch staged."""
     import ray
 
     # Timed: from here (Ray is up, the inputs are listed, the job's settings and threshold are
@@ -274,9 +337,15 @@ def run_files(
     for file in pending:
         by_schema[file.columns].append(file)
     for group in by_schema.values():
-        dataset = transform(read_units(group[0].location.fs, work_units(group)))
+        dataset = read_units(group[0].location.fs, work_units(group))
+        if commits_itself:
+            staged = transform(dataset, Stager(output, tracker, stats))
+            # The receipts are a few bytes a batch; pulling them here is what runs the job.
+            for _ in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
+                pass
+            continue
         # Writing is mostly waiting on storage: a sliver of CPU, so it never starves the actors.
-        dataset.write_datasink(
+        transform(dataset).write_datasink(
             CommitSink(output, tracker, stats), ray_remote_args={"num_cpus": WRITE_CPUS}
         )
     elapsed = time.perf_counter() - started

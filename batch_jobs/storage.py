@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -128,8 +128,8 @@ def write_bytes_atomic(location: Location, data: bytes) -> None:
         handle.write(data)
 
 
-def write_table_atomic(location: Location, tables: list[pa.Table], schema: pa.Schema) -> None:
-    """One Parquet file from `tables`, visible only once complete."""
+def write_table_atomic(location: Location, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
+    """One Parquet file from `tables` (consumed one at a time), visible only once complete."""
     with _atomic_local_file(location) as temp, pq.ParquetWriter(temp, schema) as writer:
         for table in tables:
             writer.write_table(table.cast(schema))

@@ -13,12 +13,24 @@ routers on the same generated archive.
    score that many prompts (the prompts in memory included).
 
 Per router it prints rows/s of the job and bare, the efficiency job / bare (target: at least
-0.85), the job's own processing rate from its `_SUMMARY.json` (`rows_per_s`: Ray start-up,
-listing and the summary left out), and each router's job rows/s against the first router's
-("fast / default: 23.4x"). S3 is moto's server on loopback, started here.
+0.9, issue 29), the job's own processing rate from its `_SUMMARY.json` (`rows_per_s`: Ray
+start-up, listing and the summary left out), its start-up apart (`startup_s`: listing, footers,
+threshold; Ray is started once by the bench, and how long that took is printed), and each
+router's job rows/s against the first router's ("fast / default: 23.4x"). S3 is moto's server
+on loopback, started here.
+
+Memory (issue 29: bounded by the batch, not the archive): with `--memory`, each job runs as a
+user runs it, `routeray batch route` in a driver process of its own that joins the bench's Ray
+(this process also serves the S3 API, so its memory grows with every object stored), and the
+memory of that driver and of every router actor process is sampled every 0.2 s: peak RSS, and
+peak private memory (USS: RSS counts the pages of Ray's shared object store that a process has
+touched, which grows with the blocks that passed through it). The job's wall clock then
+includes the CLI's imports and joining Ray; `_SUMMARY.json`'s rate does not. Run it at two
+sizes to compare: `--rows 1000000 --memory`, then `--rows 5000000 --memory`.
 
     python -m bench.batch_route [--router default] [--router fast | DIR ...] [--rows 20000]
         [--rows-per-router default=5000,fast=100000] [--files 20] [--batch-size 4096]
+        [--num-gpus 1]
 
 `--router` takes a shipped name (`default`, `fast`, ...) or a router directory, and repeats;
 the first is the one the others are compared with. `--rows` is the archive size for every
@@ -38,11 +50,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -82,6 +96,71 @@ def put_archive(
         table = pa.table({"id": list(ids), "prompt": [prompts[i] for i in ids]})
         pq.write_table(table, sink, row_group_size=row_group_rows)
         client.put_object(Bucket=bucket, Key=f"{prefix}/part-{f:04d}.parquet", Body=sink.getvalue())
+
+
+class PeakMemory:
+    """Samples, in a thread, the memory of one driver process and of the router actor
+    processes (Ray titles them after the actor class) until stopped; keeps each one's peak RSS
+    and peak USS in MiB."""
+
+    def __init__(self, driver: int, actor_title: str = "RouteBatch", every_s: float = 0.2) -> None:
+        self.driver = driver
+        self.actor_title = actor_title
+        self.every_s = every_s
+        self.peaks: dict[int, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        # This process started Ray: its actors are among its descendants (and another Ray's,
+        # on the same host, are not).
+        me = psutil.Process()
+        while not self._stop.wait(self.every_s):
+            for proc in me.children(recursive=True):
+                try:
+                    title = " ".join(proc.cmdline())
+                    if proc.pid != self.driver and self.actor_title not in title:
+                        continue
+                    memory = proc.memory_full_info()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                rss, uss = self.peaks.get(proc.pid, (0.0, 0.0))
+                self.peaks[proc.pid] = (max(rss, memory.rss / 2**20), max(uss, memory.uss / 2**20))
+
+    def describe(self) -> str:
+        def text(pids: list[int]) -> str:
+            return ", ".join(f"{self.peaks[p][0]:.0f}/{self.peaks[p][1]:.0f}" for p in pids)
+
+        actors = sorted(p for p in self.peaks if p != self.driver)
+        return (
+            f"peak RSS/USS MiB: driver {text([self.driver]) or 'not seen'}; router actors "
+            f"{text(actors) or 'none seen'}"
+        )
+
+
+def cli_job(command: list[str], ray_address: str) -> PeakMemory:
+    """Run `routeray batch route ...` in a driver process of its own joining `ray_address`;
+    the peaks of its driver's and its actors' memory."""
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    routeray = Path(sys.executable).with_name("routeray")
+    with (
+        subprocess.Popen(
+            [str(routeray), *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as job,
+        PeakMemory(job.pid) as memory,
+    ):
+        output, _ = job.communicate()
+    if job.returncode:
+        raise RuntimeError(f"routeray {' '.join(command)} failed:\n{output.decode()[-3000:]}")
+    return memory
 
 
 def timed(label: str, rows: int, fn: Callable[[], Any], width: int = 24) -> tuple[float, Any]:
@@ -132,6 +211,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--num-actors", type=int)
     parser.add_argument("--num-cpus", type=float)
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per router actor")
+    parser.add_argument(
+        "--memory", action="store_true", help="run each job as its own driver; sample memory"
+    )
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare baseline")
     args = parser.parse_args()
 
     routers = list(dict.fromkeys(args.router or ["default"]))
@@ -152,7 +236,9 @@ def measure(
     sizes = sorted(set(per_router.values()))
     width = max(24, len("bare score ") + max(map(len, routers)))
     with LocalS3() as s3:
+        ray_started = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        ray_start_s = time.perf_counter() - ray_started
         bucket = s3.bucket("bench")
         # Past DISTINCT_PROMPTS the list repeats (see `repeated`).
         prompts = repeated(generate_prompts(min(most, DISTINCT_PROMPTS), seed=0), most)
@@ -166,7 +252,8 @@ def measure(
             f"{args.files} files) on S3 (moto, loopback); length in characters p10/p50/p90/max "
             f"of all: {chars[len(chars) // 10]}/{chars[len(chars) // 2]}/"
             f"{chars[9 * len(chars) // 10]}/{chars[-1]}; {os.cpu_count()} CPUs; router actors, "
-            f"CPUs each, threads: {actor_layout(args.num_actors, args.num_cpus, 0.0)}",
+            f"CPUs each, threads: {actor_layout(args.num_actors, args.num_cpus, args.num_gpus)}; "
+            f"Ray started in {ray_start_s:.1f} s",
             flush=True,
         )
 
@@ -179,19 +266,37 @@ def measure(
         ceiling, _ = timed("identity", most, identity, width)
 
         jobs: dict[str, tuple[float, dict[str, Any]]] = {}
+        memory: dict[str, PeakMemory] = {}
         for i, name in enumerate(routers):
             rows = per_router[name]
 
             def job(name: str = name, rows: int = rows, i: int = i) -> dict[str, Any]:
-                summary = run(
-                    f"s3://{bucket}/in-{rows}/",
-                    f"s3://{bucket}/out-{i}/",
-                    router=name,
-                    batch_size=args.batch_size,
-                    num_actors=args.num_actors,
-                    num_cpus=args.num_cpus,
-                    s3_endpoint=s3.endpoint,
-                )
+                source, sink = f"s3://{bucket}/in-{rows}/", f"s3://{bucket}/out-{i}/"
+                if args.memory:
+                    command = [
+                        "batch", "route", "--input", source, "--output", sink,
+                        "--router", name, "--batch-size", str(args.batch_size),
+                        "--num-gpus", str(args.num_gpus), "--s3-endpoint", s3.endpoint,
+                    ]  # fmt: skip
+                    if args.num_actors:
+                        command += ["--num-actors", str(args.num_actors)]
+                    if args.num_cpus:
+                        command += ["--num-cpus", str(args.num_cpus)]
+                    address = ray.get_runtime_context().gcs_address
+                    memory[name] = cli_job(command, address)
+                    with fs.open_input_stream(f"{bucket}/out-{i}/_SUMMARY.json") as stream:
+                        summary = json.loads(stream.read())
+                else:
+                    summary = run(
+                        source,
+                        sink,
+                        router=name,
+                        batch_size=args.batch_size,
+                        num_actors=args.num_actors,
+                        num_cpus=args.num_cpus,
+                        num_gpus=args.num_gpus,
+                        s3_endpoint=s3.endpoint,
+                    )
                 assert summary["rows"] == summary["rows_processed"] == rows, summary
                 return summary
 
@@ -199,7 +304,7 @@ def measure(
         ray.shutdown()  # the bare baseline gets the whole machine, as a user's script would
 
         bare: dict[str, dict[str, Any]] = {}
-        for name in routers:
+        for name in [] if args.no_bare else routers:
             rows = per_router[name]
             result = bare_score(name, work / "prompts.parquet", rows)
             seconds = result["load_s"] + result["score_s"]
@@ -215,14 +320,22 @@ def measure(
     print(f"\nper router (job rows/s is wall-clock around run(); identity ceiling {ceiling:.1f})")
     for name in routers:
         rate, summary = jobs[name]
-        bare_rate = bare[name]["rows_per_s"]
-        print(
-            f"{name}: {per_router[name]} rows; bare {bare_rate:.1f} rows/s, job {rate:.1f} rows/s "
-            f"(summary rows_per_s {summary['rows_per_s']:.1f} over {summary['elapsed_s']:.1f} "
-            f"s), efficiency job / bare {rate / bare_rate:.2f} (target >= 0.85), job / "
-            f"identity {rate / ceiling:.3f}; peak RSS of a process that loads the router and "
-            f"scores {per_router[name]} prompts: {bare[name]['peak_rss_mib']:.0f} MiB"
+        line = (
+            f"{name}: {per_router[name]} rows; job {rate:.1f} rows/s (summary rows_per_s "
+            f"{summary['rows_per_s']:.1f} over {summary['elapsed_s']:.1f} s; start-up "
+            f"{summary['startup_s']:.1f} s apart), job / identity {rate / ceiling:.3f}"
         )
+        if name in bare:
+            bare_rate = bare[name]["rows_per_s"]
+            line += (
+                f"; bare {bare_rate:.1f} rows/s, efficiency job / bare {rate / bare_rate:.2f} "
+                f"(target >= 0.9), summary rate / bare {summary['rows_per_s'] / bare_rate:.2f}; "
+                f"peak RSS of a process that loads the router and scores {per_router[name]} "
+                f"prompts: {bare[name]['peak_rss_mib']:.0f} MiB"
+            )
+        if name in memory:
+            line += f"; the job's {memory[name].describe()}"
+        print(line)
     for name in routers[1:]:
         print(f"{name} / {first} (job rows/s): {jobs[name][0] / jobs[first][0]:.1f}x")
 

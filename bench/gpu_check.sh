@@ -2,10 +2,12 @@
 # One-shot GPU check for routeray on an NVIDIA host: routing throughput per router tier on one
 # GPU, then the serve load benchmark with the router on that GPU. Installs nothing.
 #
-#   bash bench/gpu_check.sh                 # 1,000,000 prompts per tier (sized for < 8 min)
+#   bash bench/gpu_check.sh                 # 1,000,000 prompts per tier (< 8 min), then the
+#                                           # 1M-row batch route jobs (each under 600 s)
 #   bash bench/gpu_check.sh --quick         # 100,000 prompts per tier, shorter serve phases
 #   bash bench/gpu_check.sh --mf DIR        # also the mf tier, from a trained MF router directory
 #   bash bench/gpu_check.sh --cpu-smoke     # no GPU: the python steps on the CPU, 500 prompts
+#   bash bench/gpu_check.sh --no-job        # without the 1M-row batch route job (step 4)
 #
 # Expects, from the repository root: .venv with a CUDA build of torch (`make gpu` builds .venv
 # and adds the CUDA vllm extra, whose torch is a CUDA build; PY=/path/to/python overrides).
@@ -25,6 +27,10 @@
 # 3. bench.serve_load --endpoint route --router minilm --router-gpus 1: the router deployment
 #    asks Ray for the GPU, so its embedder loads on cuda:0; nvidia-smi is polled meanwhile to
 #    show which processes held GPU memory.
+# 4. the batch route job over JOB_ROWS (1,000,000) rows, S3 to S3 (`bench.batch_route`, moto on
+#    loopback): minilm with one router actor on the GPU (--num-gpus 1), then the default router
+#    (numpy on every CPU core), each against the identity pipeline and bare `score` in the same
+#    run, with the job's start-up apart and the peak RSS of the driver and of each actor.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -38,15 +44,19 @@ MF_DIR=""
 DEVICE_ARGS=(--device cuda --dtype float16 --batch-rows 1024 --batch-tokens 131072)
 LOOP_ROWS=1000
 SMOKE=0
+JOB=1
+JOB_ROWS=1000000
+JOB_TIMEOUT=600
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) ROWS=100000; TIER_TIMEOUT=90; SERVE_SECONDS=8; SERVE_TIMEOUT=180 ;;
+    --quick) ROWS=100000; JOB_ROWS=100000; TIER_TIMEOUT=90; SERVE_SECONDS=8; SERVE_TIMEOUT=180 ;;
+    --no-job) JOB=0 ;;
     --mf) MF_DIR=${2:?--mf takes a router directory}; shift ;;
     --rows) ROWS=${2:?--rows takes a number}; shift ;;
     --cpu-smoke)
-      SMOKE=1; ROWS=500; UNIQUE=500; LOOP_ROWS=50; TIER_TIMEOUT=300
+      SMOKE=1; ROWS=500; UNIQUE=500; LOOP_ROWS=50; TIER_TIMEOUT=300; JOB_ROWS=2000
       DEVICE_ARGS=(--device cpu) ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -146,6 +156,20 @@ else
   else
     echo "no process held GPU memory during the serve step: the router ran on the CPU"
   fi
+fi
+
+rule "batch route job: $JOB_ROWS rows, S3 to S3"
+if [ "$JOB" -eq 0 ]; then
+  echo "skipped (--no-job)"
+else
+  GPUS=1
+  [ "$SMOKE" -eq 1 ] && GPUS=0
+  # minilm's actors on the GPU: one actor per GPU share (batch_jobs.route.actor_layout).
+  run_step "$JOB_TIMEOUT" "batch route minilm" "$PY" -m bench.batch_route --router minilm \
+    --rows "$JOB_ROWS" --row-group-rows 5000 --num-gpus "$GPUS" --memory
+  # The default router is numpy on the CPU: one single-threaded actor per core.
+  run_step "$JOB_TIMEOUT" "batch route default" "$PY" -m bench.batch_route --router default \
+    --rows "$JOB_ROWS" --row-group-rows 5000 --memory
 fi
 
 rule "summary: routing throughput per tier"

@@ -29,6 +29,11 @@ same prompts of mixed length, in one process, with no embedding cache.
 - Peak RSS is the process's (`ru_maxrss`): with several routers it is the largest so far, so
   give one `--router` per process for one router's figure. On CUDA, peak GPU memory is per
   router.
+- `--static-breakdown`: for a router with a static (model2vec) embedder, also times, on the
+  same prompts in the same process, its encoding alone, model2vec's own `encode` (the path
+  the embedder took before it encoded batches itself) and the Rust tokenizer alone (the
+  floor of the embedder's cost), each as a ratio of the others: on a busy machine the ratios
+  hold where the rates do not.
 - Each router ends with one `RESULT {json}` line; `--json FILE` writes those as a list.
 """
 
@@ -53,6 +58,7 @@ from routers import load_router, read_config, router_class, router_path
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
 from routers.kinds.mf import MFNet, MFRouter
 from routers.text.embedders import CachedEmbedder, Embedder
+from routers.text.static import StaticEmbedder
 
 HALF = ("float16", "bfloat16")
 
@@ -188,6 +194,8 @@ def measure(name: str, args: argparse.Namespace, prompts: list[str]) -> dict[str
         difference = float(np.abs(batched[:loop_rows] - single).max())
         print(f"  max |batched - single| score difference: {difference:.2e}")
         result |= {"loop_prompts_per_s": round(loop_rows / single_s, 1), "max_diff": difference}
+    if args.static_breakdown:
+        result["static"] = static_breakdown(router, prompts)
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
     gpu = cuda_peak_mib()
     print(
@@ -198,6 +206,44 @@ def measure(name: str, args: argparse.Namespace, prompts: list[str]) -> dict[str
     if gpu is not None:
         result["peak_gpu_mib"] = round(gpu, 1)
     return result
+
+
+def static_breakdown(router: Any, prompts: list[str]) -> dict[str, float] | None:
+    """Prompts/s of the static embedder's encode, of model2vec's encode and of the tokenizer
+    alone, timed back to back on `prompts` (None: the router has no static embedder)."""
+    # Through a probability curve's wrapper, if the directory records one (`.raw` inside it).
+    raw = getattr(router, "raw", router)
+    embedder = getattr(raw, "embedder", None) if hasattr(type(raw), "embedder") else None
+    embedder = embedder.embedder if isinstance(embedder, CachedEmbedder) else embedder
+    if not isinstance(embedder, StaticEmbedder):
+        return None
+    size = embedder.batch_size
+
+    def tokenize() -> None:
+        for start in range(0, len(prompts), size):
+            embedder.tokenizer.encode_batch_fast(
+                prompts[start : start + size], add_special_tokens=False
+            )
+
+    def model2vec() -> np.ndarray:
+        return embedder.model.encode(
+            prompts, max_length=None, batch_size=size, use_multiprocessing=False
+        )
+
+    rates: dict[str, float] = {}
+    for label, fn in (("encode", lambda: embedder.encode(prompts)), ("model2vec", model2vec)):
+        _, seconds = timed(fn)
+        rates[label] = len(prompts) / seconds
+    _, seconds = timed(tokenize)
+    rates["tokenizer"] = len(prompts) / seconds
+    print(
+        f"  static embedder:    encode {rates['encode']:.1f}, model2vec's encode "
+        f"{rates['model2vec']:.1f}, tokenizer alone {rates['tokenizer']:.1f} prompts/s; "
+        f"encode / model2vec {rates['encode'] / rates['model2vec']:.2f}, encode / tokenizer "
+        f"{rates['encode'] / rates['tokenizer']:.2f}",
+        flush=True,
+    )
+    return {f"{k}_prompts_per_s": round(v, 1) for k, v in rates.items()}
 
 
 def mf_reference(args: argparse.Namespace, prompts: list[str]) -> float:
@@ -227,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop-rows", type=int, default=2000, help="0: no one-at-a-time loop")
     parser.add_argument("--no-mf", action="store_true", help="skip the random-weight MF run")
     parser.add_argument("--json", help="write the RESULT records to this file")
+    parser.add_argument(
+        "--static-breakdown", action="store_true", help="time a static embedder's parts"
+    )
     args = parser.parse_args(argv)
 
     prompts = bench_prompts(args.rows, args.unique, args.seed, args.prompts)
