@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -22,15 +21,10 @@ from backends.errors import may_fall_back
 from routeray.controller.loop import LoopThread
 from routeray.controller.types import ControllerError, Decision, Routing
 from routers.checkpoint import load_router
-from routers.decision.names import ModelNameError, parse_router_model, router_model_names
+from routers.decision.names import router_model_names
 from routers.protocol import Router
 from routers.shipped import router_path
-from routers.thresholds import (
-    ThresholdError,
-    recorded_share_thresholds,
-    resolve_threshold,
-    threshold_for_share,
-)
+from routers.thresholds import recorded_share_thresholds, resolve_threshold
 from serve_app.config import ServeConfig
 from serve_app.errors import APIError
 from serve_app.requests import (
@@ -38,6 +32,7 @@ from serve_app.requests import (
     backend_request,
     parse_chat_request,
     parse_route_request,
+    resolve_model,
     routing_text,
 )
 
@@ -129,7 +124,6 @@ class ControllerCore:
         self._routers: dict[str, Router] = {}
         self._defaults: dict[str, float] = {}
         self._shares: dict[str, dict[float, float]] = {}
-        self._where: dict[str, str] = {}
         # As the service does: a router that cannot be served as configured fails here, before
         # any request.
         for spec in self.config.routers:
@@ -141,7 +135,6 @@ class ControllerCore:
                 self._routers[name] = router
                 self._defaults[name] = default
                 self._shares[name] = shares
-                self._where[name] = f"router {name!r} ({Path(path).name})"
         self._backends: dict[Backend, ChatBackend] = {
             "strong": make_backend(self.config.strong),
             "weak": make_backend(self.config.weak),
@@ -165,39 +158,15 @@ class ControllerCore:
         return f"router-{self.config.routers[0].name}"
 
     def target(self, model: str) -> Target:
-        """`router-<name>[-<threshold>|-<N>pct]` or a backend's own model name."""
-        for backend, name in self.models.items():
-            if model == name:
-                return Target(backend=backend)
+        """`router-<name>[-<threshold>|-<N>pct]` or a backend's own model name, read by the
+        endpoint's own rule (`serve_app.requests.resolve_model`)."""
         try:
-            parsed = parse_router_model(model, self._routers)
-        except ModelNameError as exc:
-            if exc.unknown:
-                raise ControllerError(
-                    404, str(exc), param="model", code="model_not_found"
-                ) from None
-            raise ControllerError(400, str(exc), param="model") from None
-        if parsed is None:
-            raise ControllerError(
-                404,
-                f"model {model!r} not found; use router-<name>[-<threshold>|-<N>pct], "
-                f"{self.models['strong']!r} or {self.models['weak']!r}",
-                param="model",
-                code="model_not_found",
+            found = resolve_model(
+                model, self._defaults, self.models["strong"], self.models["weak"], self._shares
             )
-        name = parsed.router
-        if parsed.strong_share is not None:
-            try:
-                threshold = threshold_for_share(
-                    self._shares[name], parsed.strong_share, self._where[name]
-                )
-            except ThresholdError as exc:
-                raise ControllerError(400, str(exc), param="model") from None
-        elif parsed.threshold is not None:
-            threshold = parsed.threshold
-        else:
-            threshold = self._defaults[name]
-        return Target(router=name, threshold=threshold)
+        except APIError as exc:
+            raise from_api_error(exc) from None
+        return Target(router=found.router, threshold=found.threshold, backend=found.backend)
 
     # -- deciding ---------------------------------------------------------------------------
 
