@@ -255,7 +255,9 @@ class Ingress:
             and self.control.controls(target.router)
         )
 
-    def _report(self, target: Target, scores: list[float], routes: list[str], texts: list[str]):
+    def _report(
+        self, target: Target, scores: list[float], routes: list[str], texts: list[str]
+    ) -> None:
         """Decisions at a controller's threshold go back to it (queued, not awaited)."""
         if self._controlled(target):
             strong = [r == "strong" for r in routes]
