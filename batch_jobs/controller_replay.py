@@ -143,14 +143,18 @@ def load_target(spec: str) -> ShareTarget:
     import yaml
 
     path = Path(spec)
-    if "=" not in spec and path.exists():
-        return ShareTarget.model_validate(yaml.safe_load(path.read_text()) or {})
-    fields: dict[str, Any] = {}
-    for item in spec.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(
-                f"--controller takes a YAML file or KEY=VALUE[,KEY=VALUE], got {item!r}"
-            )
-        fields[key.strip()] = yaml.safe_load(value)
+    try:
+        if "=" not in spec and path.exists():
+            return ShareTarget.model_validate(yaml.safe_load(path.read_text()) or {})
+        fields: dict[str, Any] = {}
+        for item in spec.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(
+                    f"--controller takes a YAML file or KEY=VALUE[,KEY=VALUE], got {item!r}"
+                )
+            fields[key.strip()] = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        # A clear error for the command line, not a parser's traceback.
+        raise ValueError(f"--controller {spec!r} is not valid YAML: {exc}") from None
     return ShareTarget.model_validate(fields)

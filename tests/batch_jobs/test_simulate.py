@@ -243,3 +243,15 @@ def test_controller_spec_is_refused_with_a_reason(spec: str):
 
     with pytest.raises(ValueError):
         load_target(spec)
+
+
+def test_a_controller_spec_that_is_not_yaml_is_a_value_error(tmp_path: Path):
+    """The command line turns a ValueError into a one-line error; a YAML parser's own
+    exception would be a traceback."""
+    from batch_jobs.controller_replay import load_target
+
+    broken = tmp_path / "target.yaml"
+    broken.write_text("strong_share: [0.3\n")
+    for spec in (str(broken), "strong_share=[0.3"):
+        with pytest.raises(ValueError, match="not valid YAML"):
+            load_target(spec)
