@@ -10,13 +10,9 @@ and each router call routes one, so a file is published only once both of its ca
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,7 +28,7 @@ from routers.kinds.mf import MFNet
 from routers.shipped import SHIPPED
 from routers.text.embedders import get_embedder
 from tests.batch_jobs import gated_router
-from tests.support.jobs import driver_env, kill_job, wait_until
+from tests.support.jobs import driver_env, kill_job, running_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -76,25 +72,11 @@ def job_args(root: Path, router: Path) -> list[str]:
     ]  # fmt: skip
 
 
-@contextlib.contextmanager
-def gated_job(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """`routeray *args` as its own Ray driver (tests.support.jobs.running_job, but through the
-    stand-in's entry point), in its own process group; killed if still running at the end."""
-    with open(log, "w") as out:
-        job = subprocess.Popen(
-            [sys.executable, "-m", "tests.batch_jobs.gated_router", *args],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield job
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+def gated_job(args: list[str], env: dict[str, str], log: Path):
+    """`routeray *args` as its own Ray driver, through the stand-in's entry point."""
+    return running_job(
+        args, env, log, program=[sys.executable, "-m", "tests.batch_jobs.gated_router"], cwd=REPO
+    )
 
 
 def published(root: Path) -> list[str]:

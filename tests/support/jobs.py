@@ -41,17 +41,23 @@ def published(local_s3: Any, bucket: str, prefix: str = "out/day=") -> dict[str,
 
 @contextlib.contextmanager
 def running_job(
-    args: list[str], env: dict[str, str], log: Path | None = None
+    args: list[str],
+    env: dict[str, str],
+    log: Path | None = None,
+    program: list[str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
-    """Run `routeray *args` as its own driver in its own process group, joining the cluster
-    that env's RAY_ADDRESS names (as `ray job submit -- routeray ...` would), its output in
-    `log` or nowhere; a job still running when the block ends (a failed test) is killed."""
-    routeray = Path(sys.executable).with_name("routeray")
+    """Run `routeray *args` (or `program *args`, a command line with routeray's arguments) as
+    its own driver in its own process group, joining the cluster that env's RAY_ADDRESS names
+    (as `ray job submit -- routeray ...` would), its output in `log` or nowhere; a job still
+    running when the block ends (a failed test) is killed."""
+    program = program or [str(Path(sys.executable).with_name("routeray"))]
     # The child keeps its own copy of the descriptor.
     with open(log or os.devnull, "w") as out:
         job = subprocess.Popen(
-            [str(routeray), *args],
+            [*program, *args],
             env=env,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
