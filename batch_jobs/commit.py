@@ -37,6 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from batch_jobs.inputs import ROW_COLUMN, SOURCE_COLUMN, InputFile, read_units, work_units
 from batch_jobs.storage import Location, visible_files, write_table_atomic
@@ -199,6 +200,23 @@ def _piece_info(fs: pafs.FileSystem, piece: str) -> dict[str, Any]:
     return json.loads((pq.read_schema(piece, filesystem=fs).metadata or {})[PIECE_KEY])
 
 
+def _storage_failed(exc: BaseException) -> bool:
+    # A missing piece is another publisher having finished, not a failure to retry.
+    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError)
+
+
+# Object stores fail a share of requests (500, 503 SlowDown, resets) beyond what pyarrow's own
+# S3 retries absorb. A write task that failed was retried by Ray Data; the router actors that
+# stage their own rows are not, so each write and publish is retried here: both are safe to
+# repeat (an upload appears whole or not at all; a piece's name follows from its rows).
+_storage_retry = retry(
+    retry=retry_if_exception(_storage_failed),
+    stop=stop_after_attempt(6),
+    wait=wait_exponential(multiplier=0.2, max=5.0),
+    reraise=True,
+)
+
+
 class Stager:
     """Stages routed rows and publishes each input file once all its rows are staged: what a
     job's writer does, wherever it runs (a Ray Data write task, `CommitSink`, or the job's own
@@ -228,7 +246,7 @@ class Stager:
             # What publishing needs without reading the rows: where they go, and their totals.
             info = {"first": first, "last": last, "stats": self.stats(_rows(part))}
             metadata = {**(part.schema.metadata or {}), PIECE_KEY: json.dumps(info).encode()}
-            write_table_atomic(
+            _storage_retry(write_table_atomic)(
                 Location(fs, piece, piece), [part], part.schema.with_metadata(metadata)
             )
             written += part.num_rows
@@ -245,7 +263,7 @@ class Stager:
         target = self.output.join(relative)
         if not target.exists():
             try:
-                publish(self.output, relative, complete, self.stats)
+                _storage_retry(publish)(self.output, relative, complete, self.stats)
             except FileNotFoundError:
                 # Another publisher finished and cleared the pieces meanwhile.
                 if not target.exists():
