@@ -65,6 +65,36 @@ StrongPctOption = Annotated[
     float | None,
     typer.Option(help="Calibrate the threshold that sends this share (0..1) to the strong model."),
 ]
+CostWeightOption = Annotated[
+    float | None,
+    typer.Option(
+        "--cost-weight",
+        help="N-model routers: send each prompt to argmax quality - COST_WEIGHT x cost (quality "
+        "points per US dollar; 0: the best model, large: the cheapest).",
+        min=0.0,
+    ),
+]
+MarginOption = Annotated[
+    float | None,
+    typer.Option(
+        "--margin",
+        help="N-model routers: send each prompt to the cheapest model predicted within MARGIN "
+        "quality points of the best (default 0.05; 0: the best model, 1: the cheapest).",
+        min=0.0,
+        max=1.0,
+    ),
+]
+
+
+def choice_rule(cost_weight: float | None, margin: float | None) -> Any:
+    """The N-model decision rule (routers.decision.choice.ChoiceRule) the options give."""
+    from routers.decision.choice import ChoiceRule
+
+    if cost_weight is not None and margin is not None:
+        raise typer.BadParameter("give --cost-weight or --margin, not both")
+    return ChoiceRule(cost_weight=cost_weight, margin=margin)
+
+
 SeedOption = Annotated[int, typer.Option(help="Seed: the same seed gives the same result.")]
 TrainDirOption = Annotated[Path, typer.Option(help="Training data (../shared/data/train).")]
 ExtraDataOption = Annotated[

@@ -8,6 +8,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field
 
+from routers.data.model_names import normalize_model_name
+
 
 class ModelPrice(BaseModel):
     input_per_million: float = Field(ge=0)
@@ -22,10 +24,31 @@ class ModelPrice(BaseModel):
 
 
 class Prices(BaseModel):
-    """USD per million tokens. Defaults are GPT-4-Turbo-like and Mixtral-like list prices."""
+    """USD per million tokens. `strong` and `weak` price the two models a two-model router
+    chooses between (defaults: GPT-4-Turbo-like and Mixtral-like list prices); `models` prices
+    any model by name, for N-model routing (a name is matched under the one model-name
+    normaliser, so `mistralai/Mixtral-8x7B-Instruct-v0.1` finds `mixtral-8x7b-instruct-v0.1`)."""
 
     strong: ModelPrice = ModelPrice(input_per_million=10.0, output_per_million=30.0)
     weak: ModelPrice = ModelPrice(input_per_million=0.6, output_per_million=0.6)
+    models: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    def for_model(self, name: str) -> ModelPrice:
+        """The price of the model `name` (any spelling); ValueError naming what is priced."""
+        if name in self.models:
+            return self.models[name]
+        wanted = normalize_model_name(name)
+        for priced, price in self.models.items():
+            if normalize_model_name(priced) == wanted:
+                return price
+        known = ", ".join(self.models) or "none"
+        raise ValueError(
+            f"no price for model {name!r}: add it under `models:` in prices.yaml "
+            f"(USD per million tokens: input_per_million, output_per_million); priced: {known}"
+        )
+
+    def for_models(self, names: list[str]) -> list[ModelPrice]:
+        return [self.for_model(n) for n in names]
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Prices:

@@ -28,6 +28,25 @@ class Router(Protocol):
     def score(self, prompts: Sequence[str]) -> np.ndarray: ...
 
 
+@runtime_checkable
+class MultiRouter(Protocol):
+    """An N-model router: each prompt's predicted quality (in [0, 1]) on every model it knows,
+    in the order of `models` (names as configured). Which one answers is decided by
+    `routers.decision.choice.choose` from these and the models' prices. Its `score` is the
+    two-model view: P(the first model beats the last)."""
+
+    models: list[str]
+
+    def qualities(self, prompts: Sequence[str]) -> np.ndarray: ...
+
+    def score(self, prompts: Sequence[str]) -> np.ndarray: ...
+
+
+def is_multi(router: object) -> bool:
+    """Whether `router` predicts the quality of N models (MultiRouter), not one score."""
+    return isinstance(router, MultiRouter)
+
+
 def route(router: Router, prompts: Sequence[str], threshold: float) -> np.ndarray:
     """True where the prompt goes to the strong model: score >= threshold."""
     return router.score(prompts) >= threshold

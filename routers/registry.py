@@ -14,6 +14,7 @@ ROUTERS: dict[str, str] = {
     "causal_llm": "routers.kinds.causal_llm:CausalLLMRouter",
     "quality_gap": "routers.kinds.quality_gap:QualityGapRouter",
     "distilled": "routers.kinds.distilled:DistilledRouter",
+    "multi": "routers.kinds.multi:MultiModelRouter",
 }
 
 

@@ -12,9 +12,21 @@ _ALIASES = {
     "llama-2-7b-chat-hf": "llama-2-7b-chat",
     "gpt-4": "gpt-4-0613",
     "claude": "claude-1",
+    # RouterBench's spellings (routerbench_0shot.pkl columns) of models the sources name
+    # otherwise. RouterBench called Together's Mistral-7B-Instruct-v0.1 and
+    # Mixtral-8x7B-Instruct-v0.1 `...-chat`, and Anthropic's models by their API names of 2023.
+    "claude-v1": "claude-1",
+    "claude-v2": "claude-2",
+    "claude-instant-v1": "claude-instant-1",
+    "mixtral-8x7b-chat": "mixtral-8x7b-instruct-v0.1",
+    "mistral-7b-chat": "mistral-7b-instruct-v0.1",
+    "code-llama-instruct-34b-chat": "codellama-34b-instruct",
     # XSTest's completion files: Llama-2-70b-chat with its original system prompt and without.
     "llama2orig": "llama-2-70b-chat",
     "llama2new": "llama-2-70b-chat",
+    # ... and its Mistral-7B-Instruct-v0.1 without a system prompt (`mistralguard`, with
+    # Mistral's guardrail prompt, is a configuration of its own).
+    "mistralinstruct": "mistral-7b-instruct-v0.1",
 }
 
 # A quantised or re-packaged copy is the same model: `TheBloke/Mixtral-8x7B-Instruct-v0.1-GGUF`

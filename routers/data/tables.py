@@ -16,6 +16,7 @@ import pandas as pd
 
 from routers.data.battles import BATTLE_COLUMNS, load_battles
 from routers.data.model_names import STRONG_MODEL, WEAK_MODEL
+from routers.data.model_outcomes import load_model_outcomes
 from routers.data.prompt_labels import golden_labels, load_prompt_labels
 from routers.data.sources import decontaminate
 from routers.evaluation.benchmarks import SCORE_SCALE
@@ -36,6 +37,8 @@ def load_training_table(
     decontaminated against `eval_dir` and `exclude_prompts`."""
     if cls.trains_on == "prompt_labels":
         return load_prompt_labels(data_dir, eval_dir, exclude_prompts=exclude_prompts)
+    if cls.trains_on == "model_outcomes":
+        return load_model_outcomes(data_dir, eval_dir, exclude_prompts=exclude_prompts)
     return load_battles(data_dir, eval_dir, seed=seed, exclude_prompts=exclude_prompts)
 
 
@@ -83,15 +86,17 @@ def golden_table(
 ) -> pd.DataFrame:
     """In-domain rows (prompt, weak_score, strong_score; a benchmark's golden labels or a
     user's own, `routers.data.user_labels`) as training rows of source `golden:<name>`:
-    battles of the routed pair, or per-prompt labels. Each row weighs `weight` times its own
-    `weight` column, if the rows have one."""
+    battles of the routed pair, per-prompt labels, or per-model outcomes (`golden_outcomes`).
+    Each row weighs `weight` times its own `weight` column, if the rows have one."""
     scale = SCORE_SCALE.get(name, 1.0)
-    weak = benchmark["weak_score"].to_numpy(float) / scale
-    strong = benchmark["strong_score"].to_numpy(float) / scale
     source = GOLDEN_PREFIX + name
     row_weight = weight * (
         benchmark["weight"].to_numpy(float) if "weight" in benchmark else np.ones(len(benchmark))
     )
+    if cls.trains_on == "model_outcomes":
+        return golden_outcomes(benchmark, source, row_weight, scale)
+    weak = benchmark["weak_score"].to_numpy(float) / scale
+    strong = benchmark["strong_score"].to_numpy(float) / scale
     if cls.trains_on == "prompt_labels":
         labels = golden_labels(benchmark["prompt"], weak, strong, source)
         if weight != 1.0 or "weight" in benchmark:
@@ -107,3 +112,27 @@ def golden_table(
             "weight": row_weight,
         }
     )[BATTLE_COLUMNS]
+
+
+def golden_outcomes(
+    rows: pd.DataFrame, source: str, weight: np.ndarray, scale: float = 1.0
+) -> pd.DataFrame:
+    """In-domain rows as long per-model outcomes (`prompt, model, score, source, weight`): a
+    long table (`model`, `score`: N models' labels, as `routeray batch label` writes for many
+    models) as it is, a two-model one (`weak_score`, `strong_score`) as two rows per prompt."""
+    if {"model", "score"} <= set(rows.columns):
+        long = rows[["prompt", "model", "score"]].assign(weight=weight)
+    else:
+        n = len(rows)
+        long = pd.DataFrame(
+            {
+                "prompt": np.concatenate([rows["prompt"].to_numpy()] * 2),
+                "model": [STRONG_MODEL] * n + [WEAK_MODEL] * n,
+                "score": np.concatenate(
+                    [rows["strong_score"].to_numpy(float), rows["weak_score"].to_numpy(float)]
+                ),
+                "weight": np.concatenate([weight, weight]),
+            }
+        )
+    long = long.assign(score=long["score"].to_numpy(float) / scale, source=source)
+    return long.dropna(subset=["score"])[["prompt", "model", "score", "source", "weight"]]

@@ -5,6 +5,11 @@
 `router-default-30pct`) at the threshold recorded for N % strong calls on real user prompts
 (`routers.thresholds.threshold_for_share`). A percentage carries its unit in the name, so a
 client cannot read a share as a threshold or the other way round.
+
+An N-model router (`routers.decision.choice`) takes its rule's parameter the same way:
+`router-<name>-lambda<L>` (cost weight L, quality points per US dollar, e.g.
+`router-multi-lambda20`) or `router-<name>-margin<M>` (the cheapest model within M quality
+points of the best, e.g. `router-multi-margin0.05`).
 """
 
 from __future__ import annotations
@@ -14,8 +19,13 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
+from routers.decision.choice import ChoiceRule
+
 PREFIX = "router-"
 _PCT = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)pct$")
+_RULE = re.compile(r"^(?P<form>lambda|margin)(?P<number>[0-9]+(?:\.[0-9]+)?)$")
 
 
 class ModelNameError(ValueError):
@@ -35,6 +45,8 @@ class RouterModel:
     router: str
     threshold: float | None = None
     strong_share: float | None = None
+    # An N-model router's rule (routers.decision.choice.ChoiceRule), as the name gave it.
+    rule: ChoiceRule | None = None
 
 
 def router_model_names(routers: Collection[str]) -> list[str]:
@@ -57,7 +69,8 @@ def _suffix(model: str, value: str) -> tuple[float | None, float | None]:
     except ValueError:
         raise ModelNameError(
             f"threshold {value!r} in model {model!r} is not a number (write a threshold such "
-            "as 0.116 or a strong share such as 30pct)"
+            "as 0.116 or a strong share such as 30pct; for an N-model router, lambda20 or "
+            "margin0.05)"
         ) from None
     if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise ModelNameError(f"threshold {threshold} in model {model!r} is outside [0, 1]")
@@ -81,5 +94,14 @@ def parse_router_model(model: str, routers: Collection[str]) -> RouterModel | No
     if name is None:
         known = ", ".join(router_model_names(routers))
         raise ModelNameError(f"unknown router in model {model!r}; available: {known}", unknown=True)
-    threshold, share = _suffix(model, rest[len(name) + 1 :])
+    suffix = rest[len(name) + 1 :]
+    rule = _RULE.match(suffix)
+    if rule:
+        field = "cost_weight" if rule["form"] == "lambda" else "margin"
+        try:
+            return RouterModel(name, rule=ChoiceRule(**{field: float(rule["number"])}))
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            raise ModelNameError(f"{rule['form']} in model {model!r}: {reason}") from None
+    threshold, share = _suffix(model, suffix)
     return RouterModel(name, threshold=threshold, strong_share=share)
