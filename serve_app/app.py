@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +11,12 @@ from ray import serve
 from ray.serve import Application
 
 from backends import OpenAIBackendConfig
-from routers.checkpoint import read_config
+from routers.checkpoint import load_router, read_config
 from routers.registry import router_class
 from routers.shipped import router_path
 from routers.thresholds import resolve_threshold
 from serve_app.backend_deployment import BackendDeployment
-from serve_app.config import ServeConfig
+from serve_app.config import RouterSpec, ServeConfig
 from serve_app.ingress import Ingress
 from serve_app.router_deployment import RouterDeployment
 
@@ -49,21 +51,102 @@ def _backend(name: str, config) -> Application:
     return serve.deployment(BackendDeployment).options(**options).bind(config.model_dump())
 
 
-def check_routers(config: ServeConfig) -> None:
+def is_multi_kind(kind: type) -> bool:
+    """Whether routers of this kind predict N models' qualities (routers.protocol.MultiRouter),
+    read from the class, before any weight is loaded."""
+    return callable(getattr(kind, "qualities", None))
+
+
+def check_routers(config: ServeConfig) -> ServeConfig:
     """Fail before deploying anything when a router cannot be served as configured: a missing
     or broken directory, an option its kind does not take (or a value of the wrong type), no
-    threshold to route at. Reads only config.json: an option that depends on the weights (a
-    model name the router was not trained on) stops the router replica when it loads."""
+    threshold to route at; for an N-model router, a model without a backend or a price, or one
+    it has no labels for. A two-model router is checked from config.json alone (an option that
+    depends on its weights stops the router replica when it loads); an N-model router is loaded
+    once, to read its model list. Returns `config` with every N-model router's `models` option
+    pinned to the backends it routes among (their configured names), so that every replica
+    loads the same list."""
+    config = config.model_copy(deep=True)
     for spec in config.routers:
         path = router_path(spec.path)
         kind = router_class(str(read_config(path).get("router")))
         kind.parse_load_options(spec.options)
-        resolve_threshold(path, threshold=spec.threshold)
+        if is_multi_kind(kind):
+            spec.options["models"] = _multi_models(config, spec)
+        else:
+            if spec.rule is not None:
+                raise ValueError(
+                    f"router {spec.name!r} chooses between two models: it routes at a "
+                    "threshold, not by a rule (remove `rule:`)"
+                )
+            resolve_threshold(path, threshold=spec.threshold)
+    return config
+
+
+def _multi_models(config: ServeConfig, spec: RouterSpec) -> list[str]:
+    """The backends (model names as configured) an N-model router chooses among: those its
+    `models` option names, else every configured backend it has labels for; each one served
+    and priced (ValueError naming what is missing)."""
+    where = f"router {spec.name!r}"
+    if spec.threshold is not None or spec.control is not None:
+        raise ValueError(
+            f"{where} chooses among N models by a rule (`rule:`), not at a threshold or a "
+            "control target"
+        )
+    path = router_path(spec.path)
+    narrowed = spec.options.get("models")
+    if narrowed:
+        keys = []
+        for name in narrowed:
+            key = config.backend_for(name)
+            if key is None:
+                served = ", ".join(b.model for b in config.backend_configs().values())
+                raise ValueError(
+                    f"{where}: model {name!r} has no backend; add one under `backends:` "
+                    f"(served: {served})"
+                )
+            keys.append(key)
+    else:
+        try:
+            known = load_router(path, **spec.options).models
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        keys = [key for name in known if (key := config.backend_for(name)) is not None]
+        if len(keys) < 2:
+            served = ", ".join(b.model for b in config.backend_configs().values())
+            raise ValueError(
+                f"{where} has labels for {len(keys)} of the configured backends ({served}); "
+                f"it needs two or more to choose among (it has labels for: {', '.join(known)})"
+            )
+    backends = config.backend_configs()
+    names = [backends[key].model for key in keys]
+    for key in keys:
+        try:
+            config.price_of(key)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    if narrowed:
+        # Loads with the narrowed list: a model it has no labels for is its ValueError.
+        try:
+            load_router(path, **(spec.options | {"models": names}))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+    return names
+
+
+def deployment_name(key: str) -> str:
+    """The Serve deployment of the backend `key` ("strong", "weak" or a model name)."""
+    if key in ("strong", "weak"):
+        return f"{key.capitalize()}Model"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+    if safe != key:
+        # Two names that differ only where characters were replaced stay two deployments.
+        safe += "-" + hashlib.sha1(key.encode()).hexdigest()[:6]
+    return f"Model-{safe}"
 
 
 def build(config: ServeConfig) -> Application:
-    config = config.with_absolute_paths()
-    check_routers(config)
+    config = check_routers(config.with_absolute_paths())
     config = config.with_placements()
     deployed = [r.model_dump() for r in config.routers if r.placement == "deployment"]
     ingress = serve.deployment(Ingress).options(
@@ -79,8 +162,10 @@ def build(config: ServeConfig) -> Application:
         config.model_dump(),
         # Routers scored in the ingress need no deployment; none at all when every one is.
         _router_deployment(config, deployed) if deployed else None,
-        _backend("StrongModel", config.strong),
-        _backend("WeakModel", config.weak),
+        _backend(deployment_name("strong"), config.strong),
+        _backend(deployment_name("weak"), config.weak),
+        # One deployment per further backend, each named after its model.
+        {b.model: _backend(deployment_name(b.model), b) for b in config.backends},
     )
 
 

@@ -12,14 +12,17 @@ import yaml
 from pydantic import Field, model_validator
 
 from backends.config import BackendConfig, SecretRef, Strict
+from routers.data.model_names import normalize_model_name
+from routers.decision.choice import ChoiceRule
 from routers.decision.placement import scores_lightly
 from routers.decision.share_control import ShareTarget
-from routers.prices import Prices
+from routers.prices import ModelPrice, Prices
 from routers.shipped import SHIPPED, router_path
 
 
 class RouterSpec(Strict):
-    """A router served as `router-<name>` (and `router-<name>-<threshold>`)."""
+    """A router served as `router-<name>` (and `router-<name>-<threshold>` for a two-model
+    router, `router-<name>-lambda<L>` or `-margin<M>` for an N-model one)."""
 
     name: str = "gap"
     path: str | None = Field(
@@ -34,7 +37,14 @@ class RouterSpec(Strict):
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Load-time options of the router kind, e.g. strong_model for MF.",
+        description="Load-time options of the router kind, e.g. strong_model for MF; for an "
+        "N-model router, models: [...] narrows it to those backends (else: every configured "
+        "backend it has labels for).",
+    )
+    rule: ChoiceRule | None = Field(
+        default=None,
+        description="N-model routers: the rule of `router-<name>` (cost_weight or margin; "
+        "None: a margin of 0.05). `router-<name>-lambda<L>` / `-margin<M>` override it.",
     )
     aliases: list[str] = Field(default_factory=list, description="More names, e.g. 'default'.")
     placement: Literal["auto", "ingress", "deployment"] = Field(
@@ -58,6 +68,11 @@ class RouterSpec(Strict):
             raise ValueError(
                 f"router {self.name!r}: give a threshold or a control target, not both "
                 "(control.initial_threshold is where a controller starts)"
+            )
+        if self.rule is not None and (self.threshold is not None or self.control is not None):
+            raise ValueError(
+                f"router {self.name!r}: a rule is for an N-model router, a threshold or a "
+                "control target for a two-model one: give one of them"
             )
         return self
 
@@ -134,8 +149,18 @@ class ServeConfig(Strict):
     )
     strong: BackendConfig
     weak: BackendConfig
+    backends: list[BackendConfig] = Field(
+        default_factory=list,
+        description="More backends, each named by its `model` (names unique across strong, "
+        "weak and these), for N-model routers; prices come from `prices.models`.",
+    )
     fallback_to_weak: bool = Field(
         default=True, description="Answer with the weak model when the strong API fails."
+    )
+    fallback_to_next: bool = Field(
+        default=True,
+        description="N-model routers: when the chosen model's service fails (429, 5xx, a "
+        "timeout), answer with the next model by the same rule, and so on down the list.",
     )
     route_on: Literal["last_user", "conversation"] = "last_user"
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
@@ -156,6 +181,54 @@ class ServeConfig(Strict):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    @model_validator(mode="after")
+    def _unique_backend_names(self) -> ServeConfig:
+        seen: dict[str, str] = {}
+        for config in self.backends:
+            if config.model in ("strong", "weak"):
+                raise ValueError(
+                    f"backend model {config.model!r}: 'strong' and 'weak' name the two-model "
+                    "pair's backends; give this backend another model name"
+                )
+        for config in [self.strong, self.weak, *self.backends]:
+            normal = normalize_model_name(config.model)
+            if normal in seen:
+                same = "" if seen[normal] == config.model else f" (the same as {seen[normal]!r})"
+                raise ValueError(
+                    f"backend model {config.model!r}{same} is configured twice: every backend "
+                    "(strong, weak, backends) needs a model name of its own"
+                )
+            seen[normal] = config.model
+        return self
+
+    def backend_configs(self) -> dict[str, BackendConfig]:
+        """Every backend by its key: "strong", "weak" (the two-model pair keeps these keys,
+        its deployments' names and its routes), then each other backend by its model name."""
+        return {"strong": self.strong, "weak": self.weak} | {b.model: b for b in self.backends}
+
+    def backend_for(self, name: str) -> str | None:
+        """The key of the backend serving the model `name` (any spelling), or None."""
+        configs = self.backend_configs()
+        for key, config in configs.items():
+            if config.model == name:
+                return key
+        wanted = normalize_model_name(name)
+        for key, config in configs.items():
+            if normalize_model_name(config.model) == wanted:
+                return key
+        return None
+
+    def price_of(self, key: str) -> ModelPrice:
+        """The price of the backend `key`: its entry in `prices.models`, else, for the strong
+        and weak backends, `prices.strong` / `prices.weak`; ValueError otherwise."""
+        model = self.backend_configs()[key].model
+        try:
+            return self.prices.for_model(model)
+        except ValueError:
+            if key in ("strong", "weak"):
+                return self.prices.strong if key == "strong" else self.prices.weak
+            raise
+
     def with_absolute_paths(self, base: Path | None = None) -> ServeConfig:
         """Replicas may start in another working directory: pin every relative path now."""
         base = base or Path.cwd()
@@ -166,6 +239,7 @@ class ServeConfig(Strict):
             spec.path = str(router_path(spec.path) if shipped else base / spec.path)
         copy.strong = copy.strong.with_absolute_paths(base)
         copy.weak = copy.weak.with_absolute_paths(base)
+        copy.backends = [b.with_absolute_paths(base) for b in copy.backends]
         if copy.auth.api_keys is not None:
             copy.auth.api_keys = copy.auth.api_keys.absolute(base)
         return copy

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
@@ -29,9 +30,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from backends import BackendError
-from backends.errors import may_fall_back
 from routers import Router, load_router, router_path
-from routers.prices import Prices
+from routers.decision.choice import ChoiceRule, prompt_costs
+from routers.prices import ModelPrice, Prices
+from routers.protocol import is_multi
 from routers.thresholds import (
     ThresholdError,
     recorded_share_thresholds,
@@ -40,6 +42,7 @@ from routers.thresholds import (
 )
 from serve_app.config import RouterSpec, ServeConfig
 from serve_app.errors import APIError
+from serve_app.plans import Plan, direct_plan, multi_decisions, multi_plan, two_model_plan
 from serve_app.requests import (
     ChatRequest,
     RouteRequest,
@@ -130,10 +133,6 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(APIError(500, "internal error", type_="api_error"))
 
 
-def _decision_headers(score: float, threshold: float) -> dict[str, str]:
-    return {"x-routeray-score": f"{score:.6f}", "x-routeray-threshold": f"{threshold:.6f}"}
-
-
 T = TypeVar("T")
 
 
@@ -165,14 +164,23 @@ class Ingress:
         router: DeploymentHandle | None,
         strong: DeploymentHandle,
         weak: DeploymentHandle,
+        others: dict[str, DeploymentHandle] | None = None,
     ) -> None:
         self.config = ServeConfig.model_validate(config)
-        self.router, self.backends = router, {"strong": strong, "weak": weak}
+        # Backends by key: "strong", "weak", and every other one by its model name.
+        self.router = router
+        self.backends = {"strong": strong, "weak": weak, **(others or {})}
+        self.models = {key: c.model for key, c in self.config.backend_configs().items()}
         self._load_local_routers()
-        self.models = {"strong": self.config.strong.model, "weak": self.config.weak.model}
         self.prices: Prices = self.config.prices
+        # N-model routers' configured rules, by every name and alias (None: the default rule).
+        self._rules: dict[str, ChoiceRule | None] = {
+            name: spec.rule for spec in self.config.routers for name in [spec.name, *spec.aliases]
+        }
         self.keys = [k.encode() for k in self.config.auth.api_key_list()]
         self._thresholds: dict[str, float] | None = None
+        # N-model routers by name: (models, their backend keys, their prices); see thresholds().
+        self._multi: dict[str, tuple[list[str], list[str], list[ModelPrice]]] = {}
         self._share_tables: dict[str, dict[float, float]] = {}
         self._requests = metrics.Counter(
             "routeray_requests",
@@ -198,7 +206,9 @@ class Ingress:
             "routeray_backend_errors", description="Backend failures.", tag_keys=("backend",)
         )
         self._fallbacks = metrics.Counter(
-            "routeray_fallbacks", description="Strong failures answered by the weak model."
+            "routeray_fallbacks",
+            description="Failed calls answered by another model: a strong failure by the weak "
+            "one, or an N-model router's choice by the next model by its rule.",
         )
         self._auth_failures = metrics.Counter(
             "routeray_upstream_auth_failures",
@@ -269,39 +279,70 @@ class Ingress:
         self.local_routers: dict[str, Router] = {}
         self._local_thresholds: dict[str, float] = {}
         self._local_tables: dict[str, dict[float, float]] = {}
+        self._local_models: dict[str, list[str]] = {}
         for spec in self.config.routers:
             if spec.placement != "ingress":
                 continue
             path = router_path(spec.path)
             router = load_router(path, **spec.options)
             router.score(["warm up"])  # ready only once it answers at full speed
+            names = [spec.name, *spec.aliases]
+            for name in names:
+                self.local_routers[name] = router
+            if is_multi(router):
+                self._local_models |= {name: list(router.models) for name in names}
+                continue
             threshold = resolve_threshold(path, threshold=spec.threshold)
             table = recorded_share_thresholds(path)
-            for name in [spec.name, *spec.aliases]:
-                self.local_routers[name] = router
+            for name in names:
                 self._local_thresholds[name] = threshold
                 self._local_tables[name] = table
 
     async def thresholds(self) -> dict[str, float]:
-        """Every router name's default threshold (and, once read, its share table)."""
+        """Every two-model router name's default threshold (and, once read, its share table
+        and every N-model router's models)."""
         if self._thresholds is None:
             thresholds, tables = dict(self._local_thresholds), dict(self._local_tables)
+            multi = dict(self._local_models)
             if self.router is not None:
-                remote, remote_tables = await asyncio.gather(
-                    self.router.describe.remote(), self.router.share_tables.remote()
+                remote, remote_tables, remote_multi = await asyncio.gather(
+                    self.router.describe.remote(),
+                    self.router.share_tables.remote(),
+                    self.router.multi_models.remote(),
                 )
                 thresholds |= remote
                 tables |= remote_tables
+                multi |= remote_multi
             self._share_tables = tables
+            self._multi = {name: self._multi_backends(name, m) for name, m in multi.items()}
             self._thresholds = thresholds
         return self._thresholds
+
+    def _multi_backends(
+        self, router: str, models: list[str]
+    ) -> tuple[list[str], list[str], list[ModelPrice]]:
+        """An N-model router's (models, their backend keys, their prices); its models are the
+        configured backends' names (serve_app.app.check_routers pinned them)."""
+        keys = []
+        for model in models:
+            key = self.config.backend_for(model)
+            if key is None:
+                raise ValueError(f"router {router!r}: model {model!r} has no backend")
+            keys.append(key)
+        return models, keys, [self.config.price_of(k) for k in keys]
 
     async def resolve(self, model: str, *, route_only: bool = False) -> Target:
         """The request's target from its `model` (see `serve_app.requests.resolve_model`)."""
         thresholds = await self.thresholds()
         resolve = resolve_router if route_only else resolve_model
         target = resolve(
-            model, thresholds, self.models["strong"], self.models["weak"], self._share_tables
+            model,
+            thresholds,
+            self.models["strong"],
+            self.models["weak"],
+            self._share_tables,
+            multi={name: self._rules.get(name) for name in self._multi},
+            others=[m for key, m in self.models.items() if key not in ("strong", "weak")],
         )
         # A bare router-<name> of a controlled router routes at the controller's threshold.
         if self._controlled(target):
@@ -310,16 +351,22 @@ class Ingress:
                 target = dataclasses.replace(target, threshold=threshold)
         return target
 
-    async def scores(self, router: str, texts: list[str]) -> list[float]:
-        """Each text's score by the router named `router`: in this process for a router
-        placed in the ingress, else from the router deployment, where each text joins the
-        batching queue."""
+    async def scores(self, router: str, texts: list[str]) -> list[Any]:
+        """Each text's score by the router named `router` (for an N-model router, its row of
+        qualities): in this process for a router placed in the ingress, else from the router
+        deployment, where each text joins the batching queue."""
         local = self.local_routers.get(router)
         if local is not None:
+            multi = router in self._local_models
+            scorer = local.qualities if multi else local.score
             if len(texts) <= INLINE_PROMPTS:
-                return [float(s) for s in local.score(texts)]
-            # A long /v1/route list off the event loop, so other requests keep moving.
-            return [float(s) for s in await asyncio.to_thread(local.score, texts)]
+                scores = scorer(texts)
+            else:
+                # A long /v1/route list off the event loop, so other requests keep moving.
+                scores = await asyncio.to_thread(scorer, texts)
+            return (
+                [[float(q) for q in row] for row in scores] if multi else [float(s) for s in scores]
+            )
         if len(texts) == 1:
             return [await self._decide(self.router.score.remote((router, texts[0])))]
         return await self._decide(self.router.score_many.remote([(router, t) for t in texts]))
@@ -358,15 +405,26 @@ class Ingress:
         return bytes(body)
 
     def _routed_now(self, started: float, routes: Counter[str]) -> None:
-        """Record decisions just made: router latency since `started`, the strong share."""
+        """Record decisions just made: router latency since `started`, the strong share (of
+        two-model decisions; an N-model router's are counted by model in the requests)."""
         self._router_latency.observe(time.perf_counter() - started)
-        for route, n in routes.items():
+        two_model = {r: n for r, n in routes.items() if r in self._routed}
+        if not two_model:
+            return
+        for route, n in two_model.items():
             self._routed[route] += n
         self._strong_share.set(self._routed["strong"] / sum(self._routed.values()))
 
+    def _price(self, backend: str) -> ModelPrice:
+        try:
+            return self.config.price_of(backend)
+        except ValueError:
+            # A backend only ever named directly may go unpriced: its answers cost nothing here.
+            return ModelPrice(input_per_million=0.0, output_per_million=0.0)
+
     def _account(self, backend: str, response: dict[str, Any]) -> None:
         usage = response.get("usage") or {}
-        price = self.prices.strong if backend == "strong" else self.prices.weak
+        price = self._price(backend)
         cost = price.cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
         self._cost.inc(float(cost), tags={"model": self.models[backend]})
 
@@ -403,25 +461,28 @@ class Ingress:
         self.check_auth(request)
         chat = parse_chat_request(await self.read_body(request))
         target = await self.resolve(chat.model)
-        headers: dict[str, str] = {}
-        route = "direct"
         if target.router is not None:
             text = routing_text(chat, self.config.route_on)
             if self.config.log_prompts:
                 logger.info("routing prompt: %r", text)
             (score,) = await self.scores(target.router, [text])
-            backend = "strong" if score >= target.threshold else "weak"
-            self._routed_now(started, Counter([backend]))
-            self._report(target, [score], [backend], [text])
-            headers = _decision_headers(score, target.threshold)
-            route = backend
+            if target.rule is not None:
+                models, keys, prices = self._multi[target.router]
+                costs = prompt_costs(prices, [text])[0]
+                plan = multi_plan(models, keys, score, costs, target.rule)
+            else:
+                plan = two_model_plan(score, target.threshold)
+                self._report(target, [score], [plan.route], [text])
+            self._routed_now(started, Counter([plan.route]))
         else:
-            backend = target.backend
-        headers["x-routeray-route"] = backend
+            plan = direct_plan(target.backend)
+        headers = plan.headers | {"x-routeray-route": plan.route}
+        if plan.route == "direct":
+            headers["x-routeray-route"] = plan.order[0]
         body = backend_request(chat)
         if chat.stream:
-            return await self._stream(body, backend, route, headers)
-        return await self._complete(body, backend, route, headers)
+            return await self._stream(body, plan, headers)
+        return await self._complete(body, plan, headers)
 
     @api.post("/v1/route", openapi_extra=_json_body(RouteRequest, ChatRequest))
     async def route(self, request: Request) -> Response:
@@ -436,6 +497,8 @@ class Ingress:
             for text in texts:
                 logger.info("routing prompt: %r", text)
         scores = await self.scores(target.router, texts)
+        if target.rule is not None:
+            return self._route_many(started, target, texts, scores)
         routes = ["strong" if s >= target.threshold else "weak" for s in scores]
         counts = Counter(routes)
         self._routed_now(started, counts)
@@ -448,54 +511,85 @@ class Ingress:
         ]
         headers: dict[str, str] = {}
         if len(data) == 1:
-            headers = _decision_headers(scores[0], target.threshold)
+            headers = two_model_plan(scores[0], target.threshold).headers
             headers["x-routeray-route"] = routes[0]
         return JSONResponse({"object": "route", "data": data}, headers=headers)
 
+    def _route_many(
+        self, started: float, target: Target, texts: list[str], rows: list[list[float]]
+    ) -> JSONResponse:
+        """`POST /v1/route` for an N-model router: each prompt's chosen model, every model's
+        predicted quality, the chosen one's estimated cost, and the rule."""
+        models, _, prices = self._multi[target.router]
+        qualities = np.asarray(rows, dtype=np.float64).reshape(len(texts), len(models))
+        costs = prompt_costs(prices, texts)
+        data = multi_decisions(models, qualities, costs, target.rule)
+        counts = Counter(str(d["route"]) for d in data)
+        self._routed_now(started, counts)
+        for model, n in counts.items():
+            self._decisions.inc(n, tags={"route": model, "model": model})
+        headers: dict[str, str] = {}
+        if len(data) == 1:
+            headers = multi_plan(models, models, rows[0], costs[0], target.rule).headers
+            headers["x-routeray-route"] = str(data[0]["route"])
+        return JSONResponse({"object": "route", "data": data}, headers=headers)
+
     async def _answer(
-        self,
-        attempt: Callable[[str], Awaitable[Any]],
-        backend: str,
-        route: str,
-        headers: dict[str, str],
+        self, attempt: Callable[[str], Awaitable[Any]], plan: Plan, headers: dict[str, str]
     ) -> tuple[Any, str, Response | None]:
-        """Run `attempt` on the chosen backend, and on the weak one when a routed strong call
-        fails: (value, backend that answered, None), or an error response when none did."""
-        try:
-            return await attempt(backend), backend, None
-        except BackendError as exc:
-            failure = exc
-        if failure.is_auth_error:
-            self._auth_failures.inc(tags={"backend": backend})
-        if may_fall_back(backend, route, failure, enabled=self.config.fallback_to_weak):
-            self._errors.inc(tags={"backend": backend})
-            self._fallbacks.inc()
-            headers["x-routeray-fallback"] = "strong-failed"
-            backend = headers["x-routeray-route"] = "weak"
+        """Run `attempt` on the plan's backends in order while a failure allows the next one
+        (a routed strong call's failure: the weak model; an N-model router's: the next model
+        by its rule): (value, backend that answered, None), or an error response when the
+        last one tried failed. `headers` gain x-routeray-model (who answered) and, after a
+        failure, x-routeray-fallback (who failed, in order)."""
+        failed: list[str] = []
+
+        def name(backend: str) -> str:
+            # A two-model decision names the pair "strong"/"weak", as it always has; an
+            # N-model one names every model by its configured name.
+            return self.models[backend] if plan.multi else backend
+
+        for backend in plan.order:
+            if failed:
+                self._fallbacks.inc()
+                headers["x-routeray-fallback"] = ",".join(f"{name(b)}-failed" for b in failed)
+                if not plan.multi:
+                    headers["x-routeray-route"] = backend  # today's two-model header
             try:
-                return await attempt(backend), backend, None
+                value = await attempt(backend)
             except BackendError as exc:
                 failure = exc
-        self._errors.inc(tags={"backend": backend})
-        error, error_headers = self._backend_error(failure, backend)
+            else:
+                headers["x-routeray-model"] = self.models[backend]
+                return value, backend, None
+            if failure.is_auth_error:
+                self._auth_failures.inc(tags={"backend": backend})
+            self._errors.inc(tags={"backend": backend})
+            failed.append(backend)
+            if not plan.may_try_next(
+                backend,
+                failure,
+                fallback_to_weak=self.config.fallback_to_weak,
+                fallback_to_next=self.config.fallback_to_next,
+            ):
+                break
+        error, error_headers = self._backend_error(failure, name(backend))
         return None, backend, error_response(error, headers | error_headers)
 
     async def _complete(
-        self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
+        self, body: dict[str, Any], plan: Plan, headers: dict[str, str]
     ) -> Response:
         async def attempt(name: str) -> dict[str, Any]:
             return await self._call(f"{name} model", self.backends[name].complete.remote(body))
 
-        result, backend, failed = await self._answer(attempt, backend, route, headers)
+        result, backend, failed = await self._answer(attempt, plan, headers)
         if failed is not None:
             return failed
-        self._requests.inc(tags={"route": route, "model": self.models[backend]})
+        self._requests.inc(tags={"route": plan.route, "model": self.models[backend]})
         self._account(backend, result)
         return JSONResponse(result, headers=headers)
 
-    async def _stream(
-        self, body: dict[str, Any], backend: str, route: str, headers: dict[str, str]
-    ) -> Response:
+    async def _stream(self, body: dict[str, Any], plan: Plan, headers: dict[str, str]) -> Response:
         # Usage is always asked of the backend, so every stream is costed; the client gets it
         # only if it asked, as the OpenAI API would answer it.
         options = body.get("stream_options") or {}
@@ -517,11 +611,11 @@ class Ingress:
                 raise BackendError(f"{name} model sent an empty stream", status=502)
             return first, chunks
 
-        opened, backend, failed = await self._answer(attempt, backend, route, headers)
+        opened, backend, failed = await self._answer(attempt, plan, headers)
         if failed is not None:
             return failed
         first, chunks = opened
-        self._requests.inc(tags={"route": route, "model": self.models[backend]})
+        self._requests.inc(tags={"route": plan.route, "model": self.models[backend]})
 
         async def sse() -> AsyncIterator[bytes]:
             usage = None
@@ -609,8 +703,8 @@ class Ingress:
     @api.get("/v1/models", openapi_extra={"security": _BEARER})
     async def list_models(self, request: Request) -> dict[str, Any]:
         self.check_auth(request)
-        names = router_models(await self.thresholds())
-        names += [self.models["strong"], self.models["weak"]]
+        names = router_models([*await self.thresholds(), *self._multi])
+        names += list(self.models.values())
         now = int(time.time())
         return {
             "object": "list",

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from routers.decision.choice import ChoiceRule
 from routers.decision.names import ModelNameError, parse_router_model, router_model_names
 from routers.thresholds import ThresholdError, threshold_for_share
 from serve_app.errors import APIError
@@ -246,21 +247,23 @@ def routing_text(request: ChatRequest, route_on: str) -> str:
     return text
 
 
-def router_models(thresholds: Mapping[str, float]) -> list[str]:
+def router_models(routers: Collection[str]) -> list[str]:
     """The model names that route: `router-<name>` for every router name and alias."""
-    return router_model_names(thresholds)
+    return router_model_names(routers)
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where a request goes: through a router (with a threshold) or straight to a backend.
-    `pinned`: the model name itself fixed the threshold (a number or a share), so nothing
-    that adjusts the router's default threshold applies."""
+    """Where a request goes: through a router (a two-model one with a threshold, an N-model
+    one with a rule) or straight to a backend ("strong", "weak" or another backend's model
+    name). `pinned`: the model name itself fixed the threshold (a number or a share) or the
+    rule, so nothing that adjusts the router's default applies."""
 
     router: str | None
     threshold: float | None
-    backend: Literal["strong", "weak"] | None
+    backend: str | None
     pinned: bool = False
+    rule: ChoiceRule | None = None
 
 
 def resolve_model(
@@ -269,15 +272,24 @@ def resolve_model(
     strong: str,
     weak: str,
     share_tables: Mapping[str, Mapping[float, float]] | None = None,
+    *,
+    multi: Mapping[str, ChoiceRule | None] | None = None,
+    others: Collection[str] = (),
 ) -> Target:
     """`router-<name>-<threshold>`, `router-<name>-<N>pct` (the threshold recorded for N %
-    strong calls in `share_tables`), `router-<name>`, or a backend's own model name."""
+    strong calls in `share_tables`), `router-<name>`, or a backend's own model name. `multi`
+    holds the N-model routers' names with their configured rules (they take
+    `router-<name>-lambda<L>` / `-margin<M>` instead of a threshold), `others` the model names
+    of backends besides the strong and weak ones."""
+    multi = multi or {}
     if model == strong:
         return Target(None, None, "strong")
     if model == weak:
         return Target(None, None, "weak")
+    if model in others:
+        return Target(None, None, model)
     try:
-        asked = parse_router_model(model, thresholds)
+        asked = parse_router_model(model, [*thresholds, *multi])
     except ModelNameError as exc:
         if exc.unknown:
             raise APIError(404, str(exc), param="model", code="model_not_found") from None
@@ -285,10 +297,30 @@ def resolve_model(
     if asked is None:
         raise APIError(
             404,
-            f"model {model!r} not found; use router-<name>[-<threshold>|-<N>pct], {strong!r} "
-            f"or {weak!r}",
+            f"model {model!r} not found; use router-<name>[-<threshold>|-<N>pct], "
+            + ", ".join(repr(m) for m in [strong, weak, *others]),
             param="model",
             code="model_not_found",
+        )
+    if asked.router in multi:
+        if asked.threshold is not None or asked.strong_share is not None:
+            raise APIError(
+                400,
+                f"model {model!r}: router {asked.router!r} chooses among N models by a rule, "
+                f"not at a threshold or a share; use router-{asked.router}-lambda<L> (quality "
+                f"points per US dollar) or router-{asked.router}-margin<M>",
+                param="model",
+            )
+        if asked.rule is not None:
+            return Target(asked.router, None, None, pinned=True, rule=asked.rule)
+        return Target(asked.router, None, None, rule=multi[asked.router] or ChoiceRule())
+    if asked.rule is not None:
+        raise APIError(
+            400,
+            f"model {model!r}: router {asked.router!r} chooses between two models at a "
+            f"threshold; use router-{asked.router}-<threshold> or -<N>pct, not a lambda or a "
+            "margin",
+            param="model",
         )
     if asked.threshold is not None:
         return Target(asked.router, asked.threshold, None, pinned=True)
@@ -308,11 +340,16 @@ def resolve_router(
     strong: str,
     weak: str,
     share_tables: Mapping[str, Mapping[float, float]] | None = None,
+    *,
+    multi: Mapping[str, ChoiceRule | None] | None = None,
+    others: Collection[str] = (),
 ) -> Target:
     """Like `resolve_model`, for `POST /v1/route`: only a router model makes a decision."""
-    target = resolve_model(model, thresholds, strong, weak, share_tables)
+    target = resolve_model(
+        model, thresholds, strong, weak, share_tables, multi=multi, others=others
+    )
     if target.router is None:
-        known = ", ".join(router_models(thresholds))
+        known = ", ".join(router_models([*thresholds, *(multi or {})]))
         raise APIError(
             400,
             f"/v1/route needs a router model, not the backend model {model!r}; available: {known}",
