@@ -3,7 +3,8 @@
 Scores every prompt once per router on Ray Data, then sweeps thresholds on the driver with one
 sort and cumulative sums (routers.evaluation.simulation). Writes `summary.json`, `curve.parquet`,
 `report.md` and `cost_quality.png` into the output directory; with a share controller target,
-also its replay over time (batch_jobs.controller_replay).
+also its replay over time (batch_jobs.controller_replay). An N-model router's frontier on a
+labelled outcome table is batch_jobs.simulate_multi's.
 
     routeray simulate --input traffic/ --prices prices.yaml --output sim/ [--router DIR ...]
     ray job submit -- routeray simulate --input ... --prices ... --output ...
@@ -30,6 +31,7 @@ from batch_jobs.inputs import (
     work_units,
 )
 from batch_jobs.route import DEFAULT_BATCH_SIZE, actor_layout, call_size
+from batch_jobs.simulate_multi import load_if_multi, run_multi
 from batch_jobs.storage import Location, locate
 from routers import cap_threads
 from routers.checkpoint import load_router
@@ -355,8 +357,29 @@ def run(
 ) -> dict[str, Any]:
     if budget is not None and quality_target is not None:
         raise ValueError("give either --budget or --quality-target, not both")
-    taken: set[str] = set()
     specs = routers or ["default"]
+    multi = [load_if_multi(str(router_path(spec)), load_options) for spec in specs]
+    if any(m is not None for m in multi):
+        # An N-model router's frontier is judged on labelled outcomes, not on thresholds.
+        if len(specs) > 1:
+            raise ValueError("an N-model router is simulated alone: give one --router")
+        if budget is not None or quality_target is not None or controller is not None:
+            raise ValueError(
+                "--budget, --quality-target and --controller are for two-model routers"
+            )
+        return run_multi(
+            input_path,
+            output_dir,
+            router_path=str(router_path(specs[0])),
+            prices=prices,
+            load_options=load_options,
+            prompt_column=prompt_column,
+            batch_size=batch_size,
+            num_actors=num_actors,
+            s3_endpoint=s3_endpoint,
+            router_models=list(multi[0].models),
+        )
+    taken: set[str] = set()
     named = {_router_name(spec, taken): str(router_path(spec)) for spec in specs}
     recorded = {name: recorded_threshold(path) for name, path in named.items()}
     frame = score_traffic(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,7 +21,13 @@ from routeray.options import (
 
 
 def simulate(
-    input: Annotated[str, typer.Option(help="Traffic Parquet (file or directory, or s3://).")],
+    input: Annotated[
+        str,
+        typer.Option(
+            help="Traffic Parquet (file or directory, or s3://); for an N-model router, a "
+            "labelled outcome table (prompt, model, score [, id])."
+        ),
+    ],
     prices: Annotated[Path, typer.Option(help="prices.yaml: USD per million tokens per model.")],
     output: Annotated[Path, typer.Option(help="Directory for summary.json, curve, report.")],
     router: RoutersOption = None,
@@ -72,7 +78,8 @@ def simulate(
 ) -> None:
     """Sweep thresholds over scored traffic: cost, saving and quality, the Pareto front and a
     recommended threshold; with --controller, share and spend over time under a share
-    controller."""
+    controller. For an N-model router: its cost-quality frontier on a labelled outcome table
+    against every single model, the zero router and the oracle, with their AIQs."""
     from batch_jobs.controller_replay import load_target
     from batch_jobs.simulate import run
     from routers import Prices
@@ -105,8 +112,42 @@ def simulate(
         )
     except (ValueError, FileNotFoundError) as exc:
         fail(exc)
+    if summary.get("kind") == "multi":
+        _print_frontier(summary, output)
+        return
     brief = {k: v for k, v in summary.items() if k not in ("curve", "daily")}
     typer.echo(json.dumps(brief, indent=2))
     typer.echo(f"\nreport: {output / 'report.md'}  curve: {output / 'curve.parquet'}")
     if target is not None:
         typer.echo(f"controller: {output / 'controller.json'}  {output / 'controller.png'}")
+
+
+def print_aiq(summary: dict[str, Any]) -> None:
+    """An N-model judgement (routers.evaluation.multi_model) as a few lines: the AIQs, then
+    every model alone."""
+    aiq = summary["aiq"]
+    lo, hi = summary["cost_range"]
+    typer.echo(
+        f"{summary['prompts']} prompts, {len(summary['models'])} models; AIQ over mean cost "
+        f"${lo:.6f}-${hi:.6f} per prompt: router {aiq['router']:.4f}, zero router "
+        f"{aiq['zero_router']:.4f}, oracle {aiq['oracle']:.4f}"
+    )
+    at = summary.get("at_rule")
+    if at:
+        typer.echo(
+            f"router at {at['rule']}: ${at['cost']:.6f} per prompt, quality {at['quality']:.4f}"
+        )
+    typer.echo(f"{'model':<40}{'USD/prompt':>12}{'quality':>9}")
+    for row in summary["single_models"]:
+        typer.echo(f"{row['model']:<40}{row['cost']:>12.6f}{row['quality']:>9.4f}")
+
+
+def _print_frontier(summary: dict[str, Any], output: Path) -> None:
+    print_aiq(summary)
+    left_out = {k: v for k, v in summary["left_out"].items() if v}
+    if left_out:
+        typer.echo(f"left out: {json.dumps(left_out)}")
+    typer.echo(
+        f"\nsummary: {output / 'summary.json'}  frontier: {output / 'frontier.csv'}  "
+        f"plot: {output / 'cost_quality.png'}"
+    )
