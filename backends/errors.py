@@ -57,6 +57,13 @@ class BackendError(Exception):
         return self.status in (401, 403)
 
 
+def service_failed(failure: BackendError) -> bool:
+    """The model's service failed (429, 5xx, timeouts, dropped connections), as opposed to
+    refusing the request (the client's to see) or our key (which must surface rather than
+    quietly move every request to another model)."""
+    return not (failure.is_client_error or failure.is_auth_error)
+
+
 def may_fall_back(backend: str, route: str, failure: BackendError, *, enabled: bool) -> bool:
     """Whether a failed call may be answered by the weak model instead: `backend` is the
     backend that failed ("strong" or "weak"), `route` how the request reached it (the router's
@@ -64,11 +71,7 @@ def may_fall_back(backend: str, route: str, failure: BackendError, *, enabled: b
     deployment's `fallback_to_weak`. The one rule for the endpoint and the in-process
     Controller."""
     # Only a routed request may change model; naming a model explicitly means that model.
-    # And only when the strong service failed (429, 5xx, timeouts, dropped connections): a
-    # request it rejects is the client's to see, and a key it refuses must surface rather
-    # than quietly send every request to the weak model.
-    service_failed = not (failure.is_client_error or failure.is_auth_error)
-    return enabled and backend == "strong" and route != "direct" and service_failed
+    return enabled and backend == "strong" and route != "direct" and service_failed(failure)
 
 
 def _rebuild(

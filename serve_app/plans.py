@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backends import BackendError
-from backends.errors import may_fall_back
+from backends.errors import may_fall_back, service_failed
 from routers.decision.choice import ChoiceRule, choose, preference_order
 
 
@@ -41,10 +41,8 @@ class Plan:
             return False
         if not self.multi:
             return may_fall_back(failed, self.route, failure, enabled=fallback_to_weak)
-        # The same criterion: a routed call to a model the router chose (the part "strong"
-        # plays in a two-model decision) whose service failed, not one that refused the
-        # request or our key.
-        return may_fall_back("strong", self.route, failure, enabled=fallback_to_next)
+        # The same criterion as strong -> weak: a routed call whose service failed.
+        return fallback_to_next and self.route != "direct" and service_failed(failure)
 
 
 def direct_plan(backend: str) -> Plan:
