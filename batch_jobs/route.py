@@ -1,6 +1,13 @@
 """Ray Data job: route a Parquet archive with a router and write the decisions back.
 
 Run it as `routeray batch route ...`, on a cluster as `ray job submit -- routeray batch route ...`.
+
+A two-model router's rows get `strong_win_rate` and `route` (strong or weak, at the job's
+threshold). An N-model router's rows get the model the one decision rule
+(`routers.decision.choice.choose`) picks from the router's predicted qualities and the models'
+prices: `model` (and `route`, the same name), that model's predicted `quality`, and optionally
+every model's `quality:<model>`. Both get `estimated_cost` and `error`; commits, resuming and
+bad rows are the same for both.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
 
 from batch_jobs.commit import (
     SUMMARY_FILE,
@@ -26,9 +34,11 @@ from batch_jobs.commit import (
 from batch_jobs.inputs import READ_CPUS, InputFile, calibration_sample, inspect_inputs
 from batch_jobs.storage import locate
 from routers import cap_threads
-from routers.checkpoint import CONFIG_FILE, load_router
-from routers.prices import Prices, estimate_tokens
-from routers.prompts import SCORE_COLUMN, score_table
+from routers.checkpoint import CONFIG_FILE, load_router, read_config
+from routers.decision.choice import ChoiceRule, choose, prompt_costs
+from routers.prices import ModelPrice, Prices, estimate_tokens
+from routers.prompts import ERROR_COLUMN, SCORE_COLUMN, quality_column, quality_table, score_table
+from routers.registry import router_class
 from routers.shipped import router_path
 from routers.thresholds import resolve_threshold
 
@@ -37,11 +47,51 @@ ROUTE_COLUMN = "route"
 # less (docs/BENCHMARKS.md, batch route).
 DEFAULT_BATCH_SIZE = 4096
 COST_COLUMN = "estimated_cost"
+# N-model routers: the chosen model, and the quality the router predicts for it.
+MODEL_COLUMN = "model"
+QUALITY_COLUMN = "quality"
 # Prompts a strong share is calibrated on.
 CALIBRATION_SIZE = 2000
 
 
 STAGED_COLUMN = "staged_rows"
+
+
+class ModelChoice(BaseModel):
+    """How a job with an N-model router picks each row's model: the router's models (as
+    configured, in its order), their prices in that order, the rule, and whether every model's
+    `quality:<model>` column is written too. Settled once on the driver, so that every actor,
+    the job record and the summary agree."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[str]
+    prices: list[ModelPrice]
+    rule: ChoiceRule = ChoiceRule()
+    quality_columns: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        models: list[str],
+        prices: Prices,
+        rule: ChoiceRule | None = None,
+        quality_columns: bool = False,
+    ) -> ModelChoice:
+        """ValueError naming the first model without a price (every model needs one)."""
+        return cls(
+            models=list(models),
+            prices=prices.for_models(list(models)),
+            rule=rule or ChoiceRule(),
+            quality_columns=quality_columns,
+        )
+
+
+def routes_many_models(router_dir: str | Path) -> bool:
+    """Whether the router directory holds an N-model router (its kind predicts qualities),
+    decided from its config alone: the driver need not load a two-model router to know."""
+    kind = str(read_config(router_dir).get("router"))
+    return callable(getattr(router_class(kind), "qualities", None))
 
 
 class RouteBatch:
@@ -62,12 +112,13 @@ class RouteBatch:
     def __init__(
         self,
         router_dir: str,
-        threshold: float,
+        threshold: float | None,
         prompt_column: str,
         prices: dict[str, Any],
         threads: int | None = None,
         load_options: dict[str, Any] | None = None,
         stager: Stager | None = None,
+        choice: dict[str, Any] | None = None,
     ) -> None:
         if threads:
             cap_threads(threads)
@@ -76,17 +127,30 @@ class RouteBatch:
         self.prompt_column = prompt_column
         self.prices = Prices.model_validate(prices)
         self.stager = stager
+        self.choice = None if choice is None else ModelChoice.model_validate(choice)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        routed = route_table(self.router, batch, self.threshold, self.prompt_column, self.prices)
+        routed = route_table(
+            self.router, batch, self.threshold, self.prompt_column, self.prices, self.choice
+        )
         if self.stager is None:
             return routed
         return pa.table({STAGED_COLUMN: pa.array([self.stager.stage(routed)], pa.int64())})
 
 
 def route_table(
-    router: Any, table: pa.Table, threshold: float, prompt_column: str, prices: Prices
+    router: Any,
+    table: pa.Table,
+    threshold: float | None,
+    prompt_column: str,
+    prices: Prices,
+    choice: ModelChoice | None = None,
 ) -> pa.Table:
+    """`table` routed: by `threshold` for a two-model router, by `choice` for an N-model one.
+    `router` may be None for a table without rows."""
+    if choice is not None:
+        return choose_table(router, table, prompt_column, choice)
+    assert threshold is not None, "a two-model route needs a threshold"
     table = score_table(router, table, prompt_column)
     scores = table.column(SCORE_COLUMN).to_numpy(zero_copy_only=False)
     valid = ~np.isnan(scores)
@@ -100,14 +164,56 @@ def route_table(
     )
 
 
-class RouteStats:
-    """Totals of one routed output file (stored with it; the job summary adds them up)."""
+def choose_table(router: Any, table: pa.Table, prompt_column: str, choice: ModelChoice) -> pa.Table:
+    """`table` plus, per row, the model `choice.rule` picks from the router's qualities and
+    the prompt's cost on each model: `model` and `route` (its name), `quality` (its predicted
+    quality), `estimated_cost` (USD on it); all null, and the reason in `error`, for a bad
+    prompt. The `quality:<model>` columns stay when `choice.quality_columns` says so."""
+    if router is not None and list(router.models) != choice.models:
+        # The driver settled the list from its own load; an actor must route among the same.
+        raise ValueError(f"router models {router.models} differ from the job's {choice.models}")
+    scored = quality_table(router, table, prompt_column, models=choice.models)
+    names = [quality_column(m) for m in choice.models]
+    valid = pc.is_null(scored.column(ERROR_COLUMN)).to_numpy(zero_copy_only=False)
+    qualities = np.column_stack(
+        [scored.column(n).to_numpy(zero_copy_only=False) for n in names]
+    ).reshape(scored.num_rows, len(names))
+    costs = prompt_costs(
+        choice.prices, tokens=estimate_tokens(scored.column(prompt_column).to_pylist())
+    )
+    picked = np.zeros(scored.num_rows, dtype=np.int64)
+    if valid.any():
+        picked[valid] = choose(qualities[valid], costs[valid], choice.rule)
+    rows = np.arange(scored.num_rows)
+    model = np.array(choice.models, dtype=object)[picked]
+    bad = ~valid
+    if not choice.quality_columns:
+        scored = scored.drop_columns(names)
+    added = {
+        MODEL_COLUMN: pa.array(model, pa.string(), mask=bad),
+        ROUTE_COLUMN: pa.array(model, pa.string(), mask=bad),
+        QUALITY_COLUMN: pa.array(qualities[rows, picked], pa.float64(), mask=bad),
+        COST_COLUMN: pa.array(costs[rows, picked], pa.float64(), mask=bad),
+    }
+    scored = scored.drop_columns([n for n in added if n in scored.column_names])
+    for name, values in added.items():
+        scored = scored.append_column(name, values)
+    return scored
 
-    def __init__(self, prompt_column: str, prices: Prices) -> None:
+
+class RouteStats:
+    """Totals of one routed output file (stored with it; the job summary adds them up). With
+    an N-model `choice`: rows and estimated cost per model (`rows:<model>`, `cost:<model>`),
+    and what the file would cost with every row on one model (`cost_if_all:<model>`)."""
+
+    def __init__(self, prompt_column: str, prices: Prices, choice: ModelChoice | None = None):
         self.prompt_column = prompt_column
         self.prices = prices
+        self.choice = choice
 
     def __call__(self, table: pa.Table) -> dict[str, float]:
+        if self.choice is not None:
+            return self._per_model(table, self.choice)
         routes = table.column(ROUTE_COLUMN)
         valid = pc.is_valid(routes).to_numpy(zero_copy_only=False)
         tokens = estimate_tokens(table.column(self.prompt_column).to_pylist())
@@ -119,6 +225,23 @@ class RouteStats:
             "estimated_cost_usd": float(pc.sum(table.column(COST_COLUMN)).as_py() or 0.0),
             "all_strong_cost_usd": float(self.prices.strong.cost(tokens[valid]).sum()),
         }
+
+    def _per_model(self, table: pa.Table, choice: ModelChoice) -> dict[str, float]:
+        chosen = np.array(table.column(MODEL_COLUMN).to_pylist(), dtype=object)
+        valid = chosen != None  # noqa: E711 (elementwise on an object array)
+        cost = table.column(COST_COLUMN).fill_null(0.0).to_numpy(zero_copy_only=False)
+        tokens = estimate_tokens(table.column(self.prompt_column).to_pylist())[valid]
+        stats: dict[str, float] = {
+            "rows": table.num_rows,
+            "errors": int((~valid).sum()),
+            "estimated_cost_usd": float(cost.sum()),
+        }
+        for model, price in zip(choice.models, choice.prices, strict=True):
+            mine = chosen == model
+            stats[f"rows:{model}"] = int(mine.sum())
+            stats[f"cost:{model}"] = float(cost[mine].sum())
+            stats[f"cost_if_all:{model}"] = float(np.sum(price.cost(tokens)))
+        return stats
 
 
 def summarize(totals: dict[str, float], threshold: float, output: str) -> dict[str, Any]:
@@ -136,6 +259,57 @@ def summarize(totals: dict[str, float], threshold: float, output: str) -> dict[s
         "saving_vs_all_strong": 1.0 - cost / all_strong if all_strong else 0.0,
         "output": output,
     }
+
+
+def summarize_models(totals: dict[str, float], choice: ModelChoice, output: str) -> dict[str, Any]:
+    """The summary of an N-model route: per model, its rows, their share of the routed rows,
+    their estimated cost, and what every routed row would have cost on that model alone."""
+    rows, errors = int(totals.get("rows", 0)), int(totals.get("errors", 0))
+    routed = max(1, rows - errors)
+    return {
+        "rows": rows,
+        "errors": errors,
+        "rule": choice.rule.describe(),
+        "models": {
+            model: {
+                "rows": int(totals.get(f"rows:{model}", 0)),
+                "share": totals.get(f"rows:{model}", 0) / routed,
+                "estimated_cost_usd": totals.get(f"cost:{model}", 0.0),
+                "cost_if_all_usd": totals.get(f"cost_if_all:{model}", 0.0),
+            }
+            for model in choice.models
+        },
+        "estimated_cost_usd": totals.get("estimated_cost_usd", 0.0),
+        "output": output,
+    }
+
+
+def model_choice(
+    router_dir: str,
+    load_options: dict[str, Any],
+    prices: Prices,
+    rule: ChoiceRule | None,
+    quality_columns: bool,
+    threshold: float | None,
+    strong_pct: float | None,
+) -> ModelChoice | None:
+    """The job's N-model choice (None for a two-model router); ValueError for options that
+    belong to the other kind of router, or a model without a price."""
+    if not routes_many_models(router_dir):
+        if rule is not None or quality_columns:
+            raise ValueError(
+                f"{router_dir} is a two-model router: it routes at a threshold (--threshold, "
+                "--strong-pct); a cost weight, a margin and quality columns are for N-model "
+                "routers"
+            )
+        return None
+    if threshold is not None or strong_pct is not None:
+        raise ValueError(
+            f"{router_dir} is an N-model router: it picks a model by a cost weight or a margin "
+            "(--cost-weight, --margin), not at a threshold or strong share"
+        )
+    models = list(load_router(router_dir, **load_options).models)
+    return ModelChoice.of(models, prices, rule, quality_columns)
 
 
 def job_threshold(
@@ -212,14 +386,22 @@ def run(
     prices: Prices | None = None,
     s3_endpoint: str | None = None,
     overwrite: bool = False,
+    rule: ChoiceRule | None = None,
+    quality_columns: bool = False,
 ) -> dict[str, Any]:
-    """Route every file under `input_path` into `output_path`; resumable (see batch_jobs.commit)."""
+    """Route every file under `input_path` into `output_path`; resumable (see batch_jobs.commit).
+    A two-model router routes at a threshold (`threshold`, `strong_pct`, or the recorded one);
+    an N-model router picks each row's model by `rule` (default: ChoiceRule()) from the
+    prices in `prices.models`, and writes every model's quality with `quality_columns`."""
     import ray
 
     started = time.perf_counter()
     router_dir = str(router_path(router))
     load_options = dict(load_options or {})
     prices = prices or Prices()
+    choice = model_choice(
+        router_dir, load_options, prices, rule, quality_columns, threshold, strong_pct
+    )
     source, output = locate(input_path, s3_endpoint), locate(output_path, s3_endpoint)
     files = inspect_inputs(source, prompt_column)
     identity = {
@@ -229,12 +411,18 @@ def run(
         "prompt_column": prompt_column,
         "threshold": threshold,
         "strong_pct": strong_pct,
-        "prices": prices.model_dump(),
+        # Per-model prices only when given, so that jobs recorded before they existed resume.
+        "prices": prices.model_dump(exclude=None if prices.models else {"models"}),
         # Only when given, so that jobs recorded before load options existed still resume.
         **({"load_options": load_options} if load_options else {}),
+        **({"choice": choice.model_dump()} if choice else {}),
     }
     recorded = open_job(output, identity, overwrite)
-    if recorded is not None:
+    cutoff: float | None = None
+    if choice is not None:
+        if recorded is None:
+            record_job(output, identity, threshold_used=None)
+    elif recorded is not None:
         cutoff = float(recorded["threshold_used"])
     else:
         cutoff = job_threshold(
@@ -263,6 +451,7 @@ def run(
                 "threads": threads,
                 "load_options": load_options,
                 "stager": stager,
+                "choice": choice.model_dump() if choice else None,
             },
             batch_size=batch_size,
             batch_format="pyarrow",
@@ -272,15 +461,18 @@ def run(
         )
 
     def empty(table: pa.Table) -> pa.Table:
-        return route_table(None, table, cutoff, prompt_column, prices)
+        return route_table(None, table, cutoff, prompt_column, prices, choice)
 
     # Listing the archive, reading its footers, the job record and the threshold (a share's
     # calibration included); starting Ray is the caller's and is not in it.
     startup_s = time.perf_counter() - started
-    totals, timing = run_files(
-        files, output, route, RouteStats(prompt_column, prices), empty, commits_itself=True
-    )
-    summary = summarize(totals, cutoff, output_path) | timing.summary()
+    stats = RouteStats(prompt_column, prices, choice)
+    totals, timing = run_files(files, output, route, stats, empty, commits_itself=True)
+    if choice is not None:
+        summary = summarize_models(totals, choice, output_path) | timing.summary()
+    else:
+        assert cutoff is not None
+        summary = summarize(totals, cutoff, output_path) | timing.summary()
     summary["startup_s"] = round(startup_s, 3)
     output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
