@@ -7,7 +7,9 @@ Two modes, both after MT-Bench (Zheng et al. 2023), as the RouteLLM paper labels
   one position; each order scores the strong answer 1 (win), 0.5 (tie) or 0 (loss) and
   `strong_score` is the mean of the two, so a judge that always picks A yields a tie.
 * single: the judge grades each answer alone from 1 to 10 ("Rating: [[7]]");
-  `strong_score` and `weak_score` are the grades over 10.
+  `strong_score` and `weak_score` are the grades over 10. The N-model label job
+  (batch_jobs.label_models) grades every model's answer this way (`single_conversation`,
+  `single_score`).
 
 A reply without exactly one verdict (none, several different ones, a grade outside 1-10) is
 not guessed at: the row becomes an error row that keeps the judge's text.
@@ -79,11 +81,16 @@ def judge_conversations(
         system, orders = PAIRWISE_SYSTEM, ((strong, weak), (weak, strong))
         users = [PAIRWISE_USER.format(question=question, answer_a=a, answer_b=b) for a, b in orders]
     elif mode == "single":
-        system = SINGLE_SYSTEM
-        users = [SINGLE_USER.format(question=question, answer=a) for a in (strong, weak)]
+        return [single_conversation(question, a) for a in (strong, weak)]
     else:
         raise ValueError(f"unknown judge mode {mode!r}: use one of {', '.join(JUDGE_MODES)}")
     return [[{"role": "system", "content": system}, {"role": "user", "content": u}] for u in users]
+
+
+def single_conversation(question: str, answer: str) -> list[dict[str, str]]:
+    """The judge call that grades one answer alone."""
+    user = SINGLE_USER.format(question=question, answer=answer)
+    return [{"role": "system", "content": SINGLE_SYSTEM}, {"role": "user", "content": user}]
 
 
 def _one(found: list[str], what: str) -> str:
@@ -120,12 +127,7 @@ def label(mode: str, texts: list[str]) -> Label:
         try:
             values.append(parse_pairwise(text) if mode == "pairwise" else parse_grade(text))
         except VerdictError as exc:
-            excerpt = " ".join(text.split())
-            if len(excerpt) > ERROR_EXCERPT_CHARS:
-                excerpt = excerpt[: ERROR_EXCERPT_CHARS - 3] + "..."
-            raise VerdictError(
-                f"judge reply {number} of {len(texts)} ({call}) is unusable ({exc}): {excerpt!r}"
-            ) from exc
+            raise _unusable(f"judge reply {number} of {len(texts)} ({call})", exc, text) from exc
     if mode == "pairwise":
         first, second = values
         strong = (_STRONG_SCORE["strong_first"][first] + _STRONG_SCORE["strong_second"][second]) / 2
@@ -133,3 +135,19 @@ def label(mode: str, texts: list[str]) -> Label:
     else:
         strong, weak = values[0] / 10, values[1] / 10
     return Label(strong, weak, winner_of(strong, weak))
+
+
+def single_score(text: str) -> float:
+    """The quality in [0, 1] that a single-answer grade gives (the grade over 10, as the
+    two-model single mode and Arena-Hard's grades are scaled); VerdictError quotes the reply."""
+    try:
+        return parse_grade(text) / 10
+    except VerdictError as exc:
+        raise _unusable("judge reply", exc, text) from exc
+
+
+def _unusable(which: str, exc: VerdictError, text: str) -> VerdictError:
+    excerpt = " ".join(text.split())
+    if len(excerpt) > ERROR_EXCERPT_CHARS:
+        excerpt = excerpt[: ERROR_EXCERPT_CHARS - 3] + "..."
+    return VerdictError(f"{which} is unusable ({exc}): {excerpt!r}")

@@ -7,7 +7,8 @@ answers (batch_jobs.judge) and the row gets `strong_score`, `weak_score` and `wi
 training schema, the judge's raw replies, and what it all cost. Rows that cannot be labelled
 (a bad prompt, a failed call, a verdict that cannot be parsed) get the reason in `error`; the
 job goes on. Results are committed per input file like the other jobs', so a killed job that
-is run again labels every row exactly once.
+is run again labels every row exactly once. A config that lists `backends:` instead of a strong
+and a weak model labels for an N-model router (batch_jobs.label_models).
 
     routeray batch label --input prompts/ --output labels/ --config label.yaml --sample 2000
     ray job submit -- routeray batch label --input ... --output ... --config ...
@@ -300,7 +301,22 @@ def run(
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Label every row of the archive, or a sample of `sample` rows; with `dry_run`, only
-    estimate the cost and return {"dry_run": True, "estimated_cost_usd": ...}."""
+    estimate the cost and return {"dry_run": True, "estimated_cost_usd": ...}. A config that
+    lists `backends:` labels for an N-model router instead (batch_jobs.label_models)."""
+    if config.backends:
+        from batch_jobs import label_models
+
+        return label_models.run(
+            input_path,
+            output_path,
+            config,
+            sample=sample,
+            seed=seed,
+            prompt_column=prompt_column,
+            s3_endpoint=s3_endpoint,
+            overwrite=overwrite,
+            dry_run=dry_run,
+        )
     if sample is not None and sample < 1:
         raise ValueError(f"--sample takes a number of rows (at least 1), got {sample}")
     source, output = locate(input_path, s3_endpoint), locate(output_path, s3_endpoint)

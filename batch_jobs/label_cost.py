@@ -5,7 +5,7 @@ answer, and each price's `mean_output_tokens` for text not yet written."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,9 +14,31 @@ from batch_jobs.label_config import LabelConfig
 from routers.prices import estimate_tokens
 from routers.prompts import prompt_error
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class _Sums:
+    """Counts and USD amounts that add up over blocks of rows and scale to a whole archive;
+    fields ending in `_usd` are money, the others counts (rounded when reported)."""
+
+    @property
+    def total_usd(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self) if f.name.endswith("_usd"))
+
+    def __add__(self, other: Self) -> Self:
+        return type(self)(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def scaled(self, factor: float) -> Self:
+        return type(self)(*(getattr(self, f.name) * factor for f in fields(self)))
+
+    def as_dict(self) -> dict[str, Any]:
+        values = {k: v if k.endswith("_usd") else round(v) for k, v in asdict(self).items()}
+        return {**values, "total_usd": self.total_usd}
+
 
 @dataclass
-class CostEstimate:
+class CostEstimate(_Sums):
     rows: float = 0.0  # rows that will be judged (usable prompts with both answers to hand)
     weak_answers: float = 0.0
     strong_answers: float = 0.0
@@ -24,21 +46,6 @@ class CostEstimate:
     weak_usd: float = 0.0
     strong_usd: float = 0.0
     judge_usd: float = 0.0
-
-    @property
-    def total_usd(self) -> float:
-        return self.weak_usd + self.strong_usd + self.judge_usd
-
-    def __add__(self, other: CostEstimate) -> CostEstimate:
-        return CostEstimate(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    def scaled(self, factor: float) -> CostEstimate:
-        return CostEstimate(*(getattr(self, f.name) * factor for f in fields(self)))
-
-    def as_dict(self) -> dict[str, Any]:
-        counts = ("rows", "weak_answers", "strong_answers", "judge_calls")
-        values = {k: round(v) if k in counts else v for k, v in asdict(self).items()}
-        return {**values, "total_usd": self.total_usd}
 
     def describe(self) -> str:
         return (
@@ -94,4 +101,41 @@ def estimate_rows(
         estimate.judge_usd += float(judge_price.cost(tokens[usable]).sum())
     estimate.rows = float(usable.sum())
     estimate.judge_calls = float(usable.sum() * len(calls))
+    return estimate
+
+
+@dataclass
+class ModelsCostEstimate(_Sums):
+    """N-model labelling: every usable prompt answered by each listed model, each answer graded
+    alone by the judge."""
+
+    rows: float = 0.0  # prompts that will be answered and judged
+    answers: float = 0.0
+    judge_calls: float = 0.0
+    answers_usd: float = 0.0
+    judge_usd: float = 0.0
+
+    def describe(self) -> str:
+        return (
+            f"estimated cost: ${self.total_usd:.4f} for {round(self.rows)} prompts (answers "
+            f"${self.answers_usd:.4f} for {round(self.answers)}, judge ${self.judge_usd:.4f} "
+            f"for {round(self.judge_calls)} calls)"
+        )
+
+
+def estimate_model_rows(config: LabelConfig, prompts: list[Any]) -> ModelsCostEstimate:
+    """The cost of labelling these prompts with every listed model; an answer not yet written
+    counts its price's `mean_output_tokens`, in the answer and in the judge call reading it."""
+    usable = np.array([prompt_error(p) is None for p in prompts], dtype=bool)
+    tokens = estimate_tokens(prompts)[usable]
+    overhead = _template_tokens("single")
+    judge = config.backends_judge_price
+    estimate = ModelsCostEstimate(rows=float(usable.sum()))
+    for price in config.prices.for_models(config.models):
+        estimate.answers += float(usable.sum())
+        estimate.judge_calls += float(usable.sum())
+        if len(tokens):
+            estimate.answers_usd += float(price.cost(tokens).sum())
+            read = overhead + tokens + price.mean_output_tokens
+            estimate.judge_usd += float(judge.cost(read).sum())
     return estimate
