@@ -20,6 +20,7 @@ from routeray.options import (
     CACHE_DIR,
     SHARED_DATA,
     CorpusOption,
+    CostWeightOption,
     EmbedderOption,
     EmbeddingCacheOption,
     EvalDirOption,
@@ -27,9 +28,11 @@ from routeray.options import (
     ExtraWeightOption,
     KindOption,
     LoadOptionOption,
+    MarginOption,
     NoEmbeddingCacheOption,
     NoSharedDataOption,
     ParamOption,
+    PricesOption,
     PromptColumnOption,
     RouterOption,
     RoutersOption,
@@ -37,6 +40,7 @@ from routeray.options import (
     SeedOption,
     SourceOption,
     TrainDirOption,
+    choice_rule,
     embedding_cache,
     fail,
     key_values,
@@ -124,7 +128,7 @@ def _read_labelled(
     named after the file or directory; failures exit 2."""
     import pyarrow as pa
 
-    from routers.data.user_labels import read_user_labels
+    from routers.data.user_labels import read_user_labels, read_user_outcomes
 
     name, table = _read_parquet(uri, s3_endpoint)
     try:
@@ -132,6 +136,9 @@ def _read_labelled(
         if prompt_column != "prompt" and prompt_column in frame.columns:
             frame = frame.drop(columns=["prompt"], errors="ignore")
             frame = frame.rename(columns={prompt_column: "prompt"})
+        # Labels of many models (`batch label` with `backends:`): one row per prompt and model.
+        if {"model", "score"} <= set(frame.columns):
+            return name, read_user_outcomes(frame, name)
         return name, read_user_labels(frame, name)
     except (ValueError, pa.ArrowException) as exc:
         fail(exc)
@@ -177,6 +184,7 @@ def train(
     from routers import OptionError, router_class, save_router
     from routers.data.tables import GOLDEN_PREFIX, training_table
     from routers.evaluation.calibration import threshold_for_strong_share
+    from routers.protocol import is_multi
 
     options = key_values(param, "--param")
     try:
@@ -225,6 +233,9 @@ def train(
         except (FileNotFoundError, ValueError) as exc:
             fail(exc)
         trained = cls.train(table, seed=seed, **options)
+        if is_multi(trained):
+            _save_multi(trained, output, table, extra, train_dir, no_shared_data, seed, options)
+            return
         prompts = table["prompt"].drop_duplicates()
         # Scoring every training prompt is minutes for a fine-tuned LLM; a fixed sample sets a
         # threshold for a share just as well.
@@ -273,6 +284,37 @@ def train(
     typer.echo(
         f"saved {kind} router to {output} (default threshold {threshold:.4f} "
         f"for {strong_pct:.0%} strong calls on the training prompts)"
+    )
+
+
+def _save_multi(
+    trained: Any,
+    output: Path,
+    table: Any,
+    extra: list[tuple[str, Any]],
+    train_dir: Path,
+    no_shared_data: bool,
+    seed: int,
+    options: dict[str, Any],
+) -> None:
+    """An N-model router has no threshold: the decision rule and prices choose per request."""
+    from routers import save_router
+
+    metadata = {
+        "training": {
+            "data_dir": None if no_shared_data else str(train_dir),
+            "extra_data": {name: len(labels) for name, labels in extra},
+            "table": trained.trains_on,
+            "rows": len(table),
+            "seed": seed,
+            "options": options,
+            "sources": table["source"].value_counts().to_dict(),
+        },
+    }
+    save_router(trained, output, metadata)
+    typer.echo(
+        f"saved multi router to {output}: {len(trained.models)} models with labels "
+        f"({', '.join(trained.models[:5])}{', ...' if len(trained.models) > 5 else ''})"
     )
 
 
@@ -435,15 +477,19 @@ def score(
     batch_rows: Annotated[int, typer.Option(help="Rows read and scored at a time.")] = 4096,
     load_option: LoadOptionOption = None,
 ) -> None:
-    """Write INPUT's columns plus `strong_win_rate` (and `error` for unusable prompts)."""
+    """Write INPUT's columns plus `strong_win_rate` (and `error` for unusable prompts); for an
+    N-model router, one `quality:<model>` column per model instead, in the router's order
+    (`--load-option models=[a, b, c]` narrows and reorders it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from routers import score_table
     from routers.progress import progress
-    from routers.prompts import ERROR_COLUMN
+    from routers.prompts import ERROR_COLUMN, quality_table
+    from routers.protocol import is_multi
 
     _, loaded = _load(router, load_option)
+    scorer = quality_table if is_multi(loaded) else score_table
     try:
         source = pq.ParquetFile(input)
     except OSError as exc:
@@ -460,7 +506,7 @@ def score(
     bar = progress(None, "scoring", total=source.metadata.num_rows, unit="row")
     try:
         for batch in source.iter_batches(batch_size=batch_rows):
-            scored = score_table(loaded, pa.Table.from_batches([batch]), prompt_column)
+            scored = scorer(loaded, pa.Table.from_batches([batch]), prompt_column)
             bad += scored.num_rows - scored.column(ERROR_COLUMN).null_count
             rows += scored.num_rows
             if writer is None:
@@ -518,10 +564,16 @@ def evaluate(
     s3_endpoint: S3EndpointOption = None,
     embedding_cache_dir: EmbeddingCacheOption = CACHE_DIR,
     no_embedding_cache: NoEmbeddingCacheOption = False,
+    prices: PricesOption = None,
+    cost_weight: CostWeightOption = None,
+    margin: MarginOption = None,
 ) -> None:
     """Cost-quality curves, APGR and CPT on a benchmark or on your own labelled prompts, as the
     paper computes them. Routers are shipped names, directories, or `random` (the paper's
-    baseline, averaged over 10 runs)."""
+    baseline, averaged over 10 runs). With --data a labelled outcome table (prompt, model,
+    score) and N-model routers: each router's AIQ against the zero router's and the oracle's,
+    priced by --prices (and its point at --cost-weight or --margin)."""
+    from routeray.eval_multi import evaluate_multi, is_outcome_table
     from routers.evaluation.benchmarks import load_benchmark
     from routers.evaluation.metrics import evaluate_random, evaluate_scores, oracle_curve
     from routers.evaluation.plots import plot_curves
@@ -530,6 +582,15 @@ def evaluate(
         fail("give exactly one of --benchmark and --data")
     options = key_values(param, "--param")
     names = router or ["default"]
+    if data is not None and is_outcome_table(data, s3_endpoint, prompt_column):
+        if cross_fit:
+            fail("--cross-fit takes two-model labels, not an N-model outcome table")
+        rule = choice_rule(cost_weight, margin)
+        with embedding_cache(embedding_cache_dir, no_embedding_cache):
+            evaluate_multi(
+                data, names, load_option, prices, rule, output, prompt_column, s3_endpoint
+            )
+        return
     with embedding_cache(embedding_cache_dir, no_embedding_cache):
         if data is not None:
             title, df = _read_labelled(data, s3_endpoint, prompt_column)
