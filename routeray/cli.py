@@ -299,11 +299,18 @@ def _save_multi(
 ) -> None:
     """An N-model router has no threshold: the decision rule and prices choose per request."""
     from routers import save_router
+    from routers.data.prompt_labels import licences_of
+    from routers.data.tables import GOLDEN_PREFIX
 
+    licences = {} if no_shared_data else licences_of(table, train_dir)
     metadata = {
         "training": {
             "data_dir": None if no_shared_data else str(train_dir),
             "extra_data": {name: len(labels) for name, labels in extra},
+            "licences": {
+                **licences,
+                **{f"{GOLDEN_PREFIX}{name}": "your own data (--extra-data)" for name, _ in extra},
+            },
             "table": trained.trains_on,
             "rows": len(table),
             "seed": seed,

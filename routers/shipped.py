@@ -14,6 +14,9 @@ SHIPPED: dict[str, Path] = {
     "default": _PACKAGE / "fast_router",
     "fast": _PACKAGE / "fast_router",
     "minilm": _PACKAGE / "minilm_router",
+    # N models: every model's predicted quality on a prompt (the `multi` kind), for routing
+    # among many models by price (routers.decision.choice).
+    "multi": _PACKAGE / "multi_router",
 }
 
 

@@ -37,20 +37,29 @@ from routers.data.sources import (
 
 logger = logging.getLogger(__name__)
 
-OUTCOME_COLUMNS = ["prompt", "model", "score", "source"]
+# `task`: the task family (a file's own where it has them, else the source's name), which
+# decides the licence of a source that licences its tasks apart.
+OUTCOME_COLUMNS = ["prompt", "model", "score", "source", "task"]
 
 
-def _long(prompts: pd.Series, models: pd.Series, scores: pd.Series, source: str) -> pd.DataFrame:
+def _long(
+    prompts: pd.Series,
+    models: pd.Series,
+    scores: pd.Series,
+    source: str,
+    tasks: pd.Series | None = None,
+) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "prompt": prompts.to_numpy(),
             "model": models.map(normalize_model_name).to_numpy(),
             "score": scores.to_numpy(float),
             "source": source,
+            "task": source if tasks is None else tasks.to_numpy(),
         }
     ).dropna(subset=["score"])
     return frame.groupby(["prompt", "model"], as_index=False, sort=False).agg(
-        score=("score", "mean"), source=("source", "first")
+        score=("score", "mean"), source=("source", "first"), task=("task", "first")
     )
 
 
@@ -78,7 +87,7 @@ def alpaca_outcomes(data_dir: Path) -> pd.DataFrame:
     battles = _long(df["prompt"], df["model_b"], df["preference"] - 1.0, "alpaca_eval")
     reference = pd.DataFrame(
         {"prompt": df["prompt"].unique(), "model": STRONG_MODEL, "score": 0.5}
-    ).assign(source="alpaca_eval")
+    ).assign(source="alpaca_eval", task="alpaca_eval")
     battles = battles[battles["model"] != STRONG_MODEL]
     return pd.concat([battles, reference], ignore_index=True)
 
@@ -90,7 +99,9 @@ def table_outcomes(data_dir: Path, share_alike: bool = False) -> list[pd.DataFra
         if not share_alike:
             rows = rows[~rows["task"].isin(table.share_alike_tasks())]
         if len(rows):
-            frames.append(_long(rows["prompt"], rows["model"], rows["score"], table.name))
+            frames.append(
+                _long(rows["prompt"], rows["model"], rows["score"], table.name, rows["task"])
+            )
     return frames
 
 

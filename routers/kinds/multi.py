@@ -42,14 +42,14 @@ from routers.text.embedders import LazyEmbedder, get_embedder
 logger = logging.getLogger(__name__)
 
 RECIPES = ("mf", "heads", "irt")
-DEFAULT_RECIPE = "mf"
+DEFAULT_RECIPE = "irt"
 MIN_LABELS = 100
 VALIDATION_SHARE = 0.1
 BATCH_PROMPTS = 512
 MAX_EPOCHS = 300
 PATIENCE = 8
 HOW_TO_LABEL = (
-    "label it on your own traffic with `routeray batch label` (list it under `models:` in "
+    "label it on your own traffic with `routeray batch label` (list it under `backends:` in "
     "label.yaml) and train with `routeray train --kind multi --extra-data <labels>`"
 )
 

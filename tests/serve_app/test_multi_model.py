@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 
 from backends import OpenAIBackendConfig
@@ -24,6 +23,7 @@ from routers.decision.choice import ChoiceRule, preference_order, prompt_costs
 from routers.prices import ModelPrice
 from serve_app.app import check_routers
 from serve_app.config import RouterSpec, ServeConfig
+from tests.support.multi_router import topic_router
 
 pytestmark = pytest.mark.slow
 
@@ -39,63 +39,6 @@ def prefix(model: str) -> str:
 
 
 # -- a router directory ----------------------------------------------------------------------
-
-TOPICS = {
-    "alpha-model": [
-        "Prove that {n} is a prime number using modular arithmetic.",
-        "Solve the integral of x^{n} times the logarithm of x.",
-        "Show by induction that the sum of the first {n} odd numbers is a square.",
-    ],
-    "beta-model": [
-        "Give me a recipe for a {n}-layer chocolate cake with buttercream.",
-        "How long should I roast a {n} kilogram chicken in the oven?",
-        "Suggest a vegetarian dinner menu for {n} guests with dessert.",
-    ],
-    "gamma-model": [
-        "Write a short poem about the ocean at dawn, in {n} lines.",
-        "Compose a sonnet about autumn leaves with {n} rhymes.",
-        "Write song lyrics about lost love in {n} verses.",
-    ],
-}
-
-
-def _own_topic_router(directory: Path, models: list[str]) -> tuple[Path, dict[str, str]]:
-    """What tests/support/multi_router.py's `topic_router` gives, built here while it is not
-    in the tree: a real `multi` router over the shipped static embedder, trained on outcomes
-    where each topic's prompts are answered well only by its own model."""
-    from routers import SHIPPED, load_router, save_router
-    from routers.kinds.multi import MultiModelRouter
-
-    rows = []
-    for model, templates in zip(models, TOPICS.values(), strict=True):
-        for n in range(2, 40):
-            for template in templates:
-                prompt = template.format(n=n)
-                rows += [
-                    {"prompt": prompt, "model": m, "score": float(m == model), "source": "topics"}
-                    for m in models
-                ]
-    embedder = {"model_path": str(SHIPPED["fast"] / "embedder")}
-    router = MultiModelRouter.train(pd.DataFrame(rows), min_labels=10, dim=8, embedder=embedder)
-    path = save_router(router, directory)
-    loaded = load_router(path, models=models)
-    sent = {}
-    for templates in TOPICS.values():
-        prompt = templates[0].format(n=101)
-        q = loaded.qualities([prompt])
-        chosen = int(np.argmax(q[0]))
-        assert q[0, chosen] - np.sort(q[0])[-2] > 0.1, (prompt, q)
-        sent[models[chosen]] = prompt
-    assert set(sent) == set(models), sent
-    return path, sent
-
-
-def topic_router(directory: Path, models: list[str]) -> tuple[Path, dict[str, str]]:
-    try:
-        from tests.support.multi_router import topic_router as lead_topic_router
-    except ImportError:
-        return _own_topic_router(directory, models)
-    return lead_topic_router(directory, models)
 
 
 @pytest.fixture(scope="module")

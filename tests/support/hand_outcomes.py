@@ -59,30 +59,9 @@ def write_table(path: Path, prompts: list[str]) -> Path:
 
 
 def router_and_prompts(directory: Path) -> tuple[Path, list[str]]:
-    """A trained N-model router over MODELS and four prompts: the lead's topic router where
-    it exists (tests/support/multi_router.py), else one trained here on a few prompts."""
-    try:
-        from tests.support.multi_router import topic_router
-    except ImportError:
-        return _tiny_router(directory), [
-            "Prove that the square root of two is irrational.",
-            "Write a haiku about the sea.",
-            "What is the capital of France?",
-            "Explain how a transformer language model works.",
-        ]
+    """A trained N-model router over MODELS (tests/support/multi_router.py's topic router) and
+    four prompts: one each that it sends to each model, and one more."""
+    from tests.support.multi_router import topic_router
+
     path, sent = topic_router(directory, MODELS)
     return path, [*(sent[m] for m in MODELS), "Explain how a transformer language model works."]
-
-
-def _tiny_router(directory: Path) -> Path:
-    from routers import save_router
-    from routers.kinds.multi import MultiModelRouter
-
-    prompts = [f"question {i} about topic {i % 3}" for i in range(12)]
-    rows = [
-        {"prompt": p, "model": m, "score": float(j >= i % 3), "source": "hand"}
-        for i, p in enumerate(prompts)
-        for j, m in enumerate(MODELS)
-    ]
-    router = MultiModelRouter.train(pd.DataFrame(rows), min_labels=4, dim=4, max_epochs=3)
-    return save_router(router, directory)

@@ -69,8 +69,10 @@ def topic_router(directory: Path, models: list[str]) -> tuple[Path, dict[str, st
         for prompt in topic_prompts(topic, 24)
         for j, model in enumerate(models)
     ]
+    # mf: an item-response model ranks models the same way on every prompt, so it cannot
+    # learn that each model is best on a topic of its own.
     router = MultiModelRouter.train(
-        pd.DataFrame(rows), min_labels=10, dim=8, learning_rate=2e-2, max_epochs=150
+        pd.DataFrame(rows), recipe="mf", min_labels=10, dim=8, learning_rate=2e-2, max_epochs=150
     )
     path = save_router(router, directory)
     loaded = load_router(path, models=models)

@@ -36,7 +36,8 @@ def test_pairs_become_normalised_training_rows(caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.INFO, logger="routers"):
         rows = read_user_outcomes(frame, "labels")
     assert list(rows.columns) == [*OUTCOME_LABEL_COLUMNS, "id"]
-    assert set(OUTCOME_COLUMNS) <= set(rows.columns)  # what the shared outcomes hold
+    # What training reads of the shared outcomes (their `task` is for licences only).
+    assert set(OUTCOME_COLUMNS) - {"task"} <= set(rows.columns)
     assert rows[["prompt", "model"]].values.tolist() == [
         ["a", "gpt-4o"],
         ["a", "mixtral-8x7b-instruct-v0.1"],
@@ -86,7 +87,7 @@ def test_the_rows_train_an_n_model_router():
         for model in ("alpha", "beta", "gamma")
     ]  # fmt: skip
     rows = read_user_outcomes(pd.DataFrame(pairs), "labels")
-    router = MultiModelRouter.train(rows, min_labels=10, max_epochs=40)
+    router = MultiModelRouter.train(rows, recipe="mf", min_labels=10, max_epochs=40)
     unseen = {topic: topic_prompts(topic, 3, offset=40) for topic in best}
     for topic, winner in best.items():
         qualities = router.qualities(unseen[topic])

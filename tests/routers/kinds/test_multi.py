@@ -93,3 +93,54 @@ def test_the_shared_sources_label_ten_of_routerbenchs_eleven(shared_data_dir):
     assert mixtral["source"].nunique() >= 5
     assert outcomes["score"].between(0, 1).all()
     assert "example" not in set(outcomes["model"])
+
+
+def test_the_shipped_router_knows_ten_of_routerbenchs_eleven_models():
+    from routers import router_path
+
+    names = [n for n in ROUTERBENCH if n != "meta/code-llama-instruct-34b-chat"]
+    router = load_router(router_path("multi"), models=names)
+    assert router.models == names
+    q = router.qualities(["Prove that there are infinitely many primes."])
+    assert q.shape == (1, 10)
+    assert ((q > 0) & (q < 1)).all()
+    with pytest.raises(OptionError, match="code-llama-instruct-34b-chat"):
+        load_router(router_path("multi"), models=[*names, "meta/code-llama-instruct-34b-chat"])
+
+
+def test_train_on_your_own_labels_of_many_models_from_the_command_line(tmp_path):
+    """`batch label` with backends writes long per-model labels; `routeray train --kind multi
+    --extra-data` learns from them alone."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from routeray.cli import app
+    from tests.support.multi_router import TOPICS, topic_prompts
+
+    models = ["model-a", "model-b"]
+    topics = list(TOPICS)[:2]
+    rows = [
+        {"id": f"{t}-{i}", "prompt": p, "model": m, "score": float(j == k)}
+        for j, t in enumerate(topics)
+        for i, p in enumerate(topic_prompts(t, 24))
+        for k, m in enumerate(models)
+    ]
+    labels = tmp_path / "labels.parquet"
+    pd.DataFrame(rows).to_parquet(labels)
+    out = tmp_path / "mine"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train", "--kind", "multi", "--no-shared-data", "--extra-data", str(labels),
+            "--eval-dir", str(tmp_path / "none"), "--output", str(out),
+            "--param", "min_labels=10", "--param", "learning_rate=0.02", "--param", "recipe=mf",
+            "--no-embedding-cache",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 models with labels" in result.output
+    router = load_router(out, models=models)
+    held_out = [topic_prompts(t, 1, offset=40)[0] for t in topics]
+    assert (router.qualities(held_out).argmax(axis=1) == [0, 1]).all()
+    pairs = len({(r["prompt"], r["model"]) for r in rows})  # a repeated pair is one row
+    assert read_config(out)["metadata"]["training"]["sources"] == {"golden:labels": pairs}
