@@ -777,7 +777,13 @@ def list_routers() -> None:
     """List the router kinds that `train --kind` accepts and the shipped routers `--router`
     can name."""
     from routers import ROUTERS
+    from routers.checkpoint import read_config
     from routers.shipped import SHIPPED
 
     typer.echo("kinds:   " + ", ".join(sorted(ROUTERS)))
     typer.echo("shipped: " + ", ".join(f"{name} ({path})" for name, path in SHIPPED.items()))
+    for name, path in SHIPPED.items():
+        # An N-model router's models are what `--load-option models=[...]` may name.
+        trained = read_config(path)["config"].get("trained_models")
+        if trained:
+            typer.echo(f"{name} knows {len(trained)} models: {', '.join(trained)}")

@@ -575,6 +575,9 @@ def test_routers_lists_kinds_and_shipped_names():
     result = invoke("routers")
     assert result.exit_code == 0
     assert "quality_gap" in result.output and "default" in result.output
+    # The shipped N-model router's models, which `--load-option models=[...]` may name.
+    assert "multi knows 220 models: " in result.output
+    assert "gpt-4-1106-preview" in result.output.split("multi knows")[1]
 
 
 # --- your own labels --------------------------------------------------------------------------
