@@ -354,8 +354,9 @@ def judge_table(
     models = [m for m, _ in common]
     true_q = matrix.quality[:, [c for _, c in common]]
     keep = [i for i, c in enumerate(columns) if c is not None]
-    predicted = np.asarray(predict(matrix.prompts), np.float64)[:, keep]
+    # Prices first: a missing one is an error before any prompt is scored.
     costs = prompt_costs(prices.for_models(models), matrix.prompts)
+    predicted = np.asarray(predict(matrix.prompts), np.float64)[:, keep]
     rules = cost_weight_sweep(costs, sweep_size) if sweep_size else None
     report = judge(predicted, true_q, costs, models, rules=rules, rule=rule)
     judged = {c for _, c in common}

@@ -1,6 +1,8 @@
 """A real, tiny N-model router whose best model depends on the prompt's topic: model i answers
 prompts about topic i and no other model does. Trained through the `multi` kind's own `train`
-(MiniLM embeddings of generated prompts), so tests exercise the real kind end to end."""
+on generated prompts, so tests exercise the real kind end to end; it reads prompts with the
+shipped static embedder (`fast`'s table), which every process that loads it opens in well
+under a second, where MiniLM would take seconds in each Ray actor."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def topic_router(directory: Path, models: list[str]) -> tuple[Path, dict[str, st
     """A `multi` router over `models` (at most four) saved in `directory`, and for each model a
     prompt (not trained on) that the router, under the default rule with equal prices, sends to
     it."""
-    from routers import load_router, save_router
+    from routers import SHIPPED, load_router, save_router
     from routers.decision.choice import choose
     from routers.kinds.multi import MultiModelRouter
 
@@ -72,7 +74,13 @@ def topic_router(directory: Path, models: list[str]) -> tuple[Path, dict[str, st
     # mf: an item-response model ranks models the same way on every prompt, so it cannot
     # learn that each model is best on a topic of its own.
     router = MultiModelRouter.train(
-        pd.DataFrame(rows), recipe="mf", min_labels=10, dim=8, learning_rate=2e-2, max_epochs=150
+        pd.DataFrame(rows),
+        recipe="mf",
+        min_labels=10,
+        dim=8,
+        learning_rate=2e-2,
+        max_epochs=150,
+        embedder={"model_path": str(SHIPPED["fast"] / "embedder")},
     )
     path = save_router(router, directory)
     loaded = load_router(path, models=models)
