@@ -8,7 +8,9 @@ training schema, the judge's raw replies, and what it all cost. Rows that cannot
 (a bad prompt, a failed call, a verdict that cannot be parsed) get the reason in `error`; the
 job goes on. Results are committed per input file like the other jobs', so a killed job that
 is run again labels every row exactly once. A config that lists `backends:` instead of a strong
-and a weak model labels for an N-model router (batch_jobs.label_models).
+and a weak model labels for an N-model router (batch_jobs.label_models); what both forms of the
+job share (the run's checks and job record, the label columns, the actors' base, the commit and
+summary) is defined here once.
 
     routeray batch label --input prompts/ --output labels/ --config label.yaml --sample 2000
     ray job submit -- routeray batch label --input ... --output ... --config ...
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +35,21 @@ from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
 from batch_jobs.inputs import FOOTER_THREADS, READ_CPUS, InputError, InputFile, inspect_inputs
 from batch_jobs.judge import VerdictError, judge_conversations, label
 from batch_jobs.label_config import LabelConfig
-from batch_jobs.label_cost import CostEstimate, estimate_rows
+from batch_jobs.label_cost import (
+    ANSWER_COST_COLUMN,
+    COST_COLUMN,
+    COST_COLUMNS,
+    JUDGE_COST_COLUMN,
+    CostEstimate,
+    ModelsCostEstimate,
+    add_cost,
+    cost_totals,
+    estimate_plan,
+    estimate_rows,
+    spent,
+)
 from batch_jobs.sample import SamplePlan, plan_sample, sampled_tables, write_sample
-from batch_jobs.storage import locate
+from batch_jobs.storage import Location, locate
 from routers.prices import ModelPrice
 from routers.prompts import ERROR_COLUMN, score_table
 
@@ -44,9 +60,6 @@ VERDICTS_COLUMN = "judge_verdicts"
 STRONG_SCORE_COLUMN = "strong_score"
 WEAK_SCORE_COLUMN = "weak_score"
 WINNER_COLUMN = "winner"
-ANSWER_COST_COLUMN = "answer_cost_usd"
-JUDGE_COST_COLUMN = "judge_cost_usd"
-COST_COLUMN = "cost_usd"
 # What the job adds (replacing input columns of the same names); responses are added only
 # where the input lacks them.
 LABEL_COLUMNS = {
@@ -59,9 +72,6 @@ LABEL_COLUMNS = {
     COST_COLUMN: pa.float64(),
     ERROR_COLUMN: pa.string(),
 }
-COST_COLUMNS = (ANSWER_COST_COLUMN, JUDGE_COST_COLUMN, COST_COLUMN)
-# Rows read to estimate the cost of labelling a whole archive (scaled up to all its rows).
-ESTIMATE_ROWS = 2000
 
 
 class _Unscored:
@@ -70,6 +80,170 @@ class _Unscored:
 
     def score(self, prompts: list[str]) -> np.ndarray:
         return np.zeros(len(prompts))
+
+
+# -- what both forms of the job share (the N-model one, batch_jobs.label_models, too) -----------
+
+
+@dataclass(frozen=True)
+class LabelRun:
+    """What one `batch label` run is asked to do, whichever form of the job does it (the
+    arguments of `run`, in its order)."""
+
+    input_path: str
+    output_path: str
+    sample: int | None
+    seed: int
+    prompt_column: str
+    s3_endpoint: str | None
+    overwrite: bool
+    dry_run: bool
+
+
+def with_label_columns(
+    table: pa.Table, label_columns: dict[str, pa.DataType], errors: list[str | None]
+) -> pa.Table:
+    """`table` with the job's output columns (replacing input columns of the same names) as a
+    row starts: costs 0, `error` from `errors`, the rest null."""
+    table = table.drop_columns([c for c in label_columns if c in table.column_names])
+    for name, kind in label_columns.items():
+        values = pa.nulls(len(table), kind)
+        if name in COST_COLUMNS:
+            values = pa.array(np.zeros(len(table)), kind)
+        elif name == ERROR_COLUMN:
+            values = pa.array(errors, kind)
+        table = table.append_column(name, values)
+    return table
+
+
+class LabelActor(ChatActor):
+    """Base of the label stages' actors: asks `backend` about the prompts in `prompt_column`,
+    at most `max_tokens` a reply, priced at `price` (a ModelPrice's fields: actors get plain
+    arguments). WHO names the stage in row errors."""
+
+    WHO: ClassVar[str] = "model"
+
+    def __init__(
+        self,
+        backend: dict[str, Any],
+        prompt_column: str,
+        price: dict[str, Any],
+        max_tokens: int,
+        requests_per_s: float | None = None,
+        concurrency: int = 64,
+    ) -> None:
+        super().__init__(backend, requests_per_s, concurrency, who=self.WHO)
+        self.prompt_column = prompt_column
+        self.price = ModelPrice.model_validate(price)
+        self.max_tokens = max_tokens
+
+
+def store_answers(
+    table: pa.Table, rows: list[int], replies: list[Reply], response_column: str, price: ModelPrice
+) -> pa.Table:
+    """`table` with the model's replies to `rows`: each answer in `response_column`, charged as
+    answering at `price`, or a failed call's reason in `error` (the row is not judged)."""
+    names = (response_column, ERROR_COLUMN, ANSWER_COST_COLUMN, COST_COLUMN)
+    columns = {name: table.column(name).to_pylist() for name in names}
+    for i, reply in zip(rows, replies, strict=True):
+        if reply.error is not None:
+            columns[ERROR_COLUMN][i] = reply.error
+            continue
+        columns[response_column][i] = reply.text
+        add_cost(columns, i, ANSWER_COST_COLUMN, reply.cost(price))
+    return set_columns(table, columns)
+
+
+def row_counts(table: pa.Table, labels: pa.ChunkedArray) -> dict[str, float]:
+    """The first stats of a labelled output file: its rows, those with a label (`labels`
+    valid) and those with an error."""
+    return {
+        "rows": table.num_rows,
+        "labeled": int(pc.sum(pc.is_valid(labels)).as_py() or 0),
+        "errors": int(pc.sum(pc.is_valid(table.column(ERROR_COLUMN))).as_py() or 0),
+    }
+
+
+def open_inputs(
+    job: LabelRun,
+    check: Callable[[list[InputFile]], None] = lambda files: None,
+    reserved: Iterable[str] = (),
+) -> tuple[Location, list[InputFile], SamplePlan | None]:
+    """The output, the input files and the sample's plan (None: every row), after the checks
+    that stop a run before any work: the sample size, a prompt column the job would overwrite
+    (`reserved`), the inputs' prompts and the form's own `check` of the files."""
+    sample, prompt_column = job.sample, job.prompt_column
+    if sample is not None and sample < 1:
+        raise ValueError(f"--sample takes a number of rows (at least 1), got {sample}")
+    if prompt_column in reserved:
+        raise InputError(f"the prompt column cannot be named {prompt_column!r}: the job writes it")
+    source = locate(job.input_path, job.s3_endpoint)
+    output = locate(job.output_path, job.s3_endpoint)
+    files = inspect_inputs(source, prompt_column)
+    check(files)
+    plan = plan_sample(files, sample, job.seed) if sample is not None else None
+    if plan is not None and not plan.size:
+        raise InputError(f"no rows to sample under {source.uri}")
+    return output, files, plan
+
+
+def begin_job(
+    job: LabelRun,
+    config: LabelConfig,
+    form: dict[str, Any],
+    output: Location,
+    plan: SamplePlan | None,
+    estimate: CostEstimate | ModelsCostEstimate,
+) -> None:
+    """Claim `output` for this job (batch_jobs.commit): what identifies it is the input, the
+    config, the prompt column, the `form`'s fields (judge mode, models) and the sample."""
+    identity = {
+        "job": "label",
+        "input": job.input_path.rstrip("/"),
+        "config_sha256": config.fingerprint(),
+        "prompt_column": job.prompt_column,
+        **form,
+        "sample": job.sample,
+        **({"seed": job.seed, "sample_sha256": plan.digest()} if plan is not None else {}),
+    }
+    if open_job(output, identity, job.overwrite) is None:
+        record_job(output, identity, estimated_cost_usd=estimate.as_dict())
+
+
+def label_files(
+    files: list[InputFile],
+    output: Location,
+    prepare: Callable[..., pa.Table],
+    prepare_kwargs: dict[str, Any],
+    stages: Callable[[Any], Any],
+    stats: Callable[[pa.Table], dict[str, float]],
+    summarize: Callable[[dict[str, float]], dict[str, Any]],
+) -> dict[str, Any]:
+    """Run `prepare` and then the model `stages` over every input file not yet committed,
+    write the job summary (`summarize` of all files' stats, and this run's timing) and return
+    it."""
+
+    def pipeline(dataset: Any) -> Any:
+        # As light as the read it follows, so Ray Data fuses the two into one task.
+        dataset = dataset.map_batches(
+            prepare,
+            fn_kwargs=prepare_kwargs,
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=READ_CPUS,
+        )
+        return stages(dataset)
+
+    def empty(table: pa.Table) -> pa.Table:
+        return prepare(table, **prepare_kwargs)
+
+    totals, timing = run_files(files, output, pipeline, stats, empty)
+    summary = summarize(totals) | timing.summary()
+    output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# -- the two-model form -------------------------------------------------------------------------
 
 
 def prepare_rows(table: pa.Table, prompt_column: str, configured: list[str]) -> pa.Table:
@@ -85,20 +259,7 @@ def prepare_rows(table: pa.Table, prompt_column: str, configured: list[str]) -> 
         missing = pc.is_null(table.column(column)).to_pylist()
         reason = f"no {side} answer: {column} is null and the config has no {side} model"
         errors = [e or (reason if m else None) for e, m in zip(errors, missing, strict=True)]
-    table = table.drop_columns([c for c in LABEL_COLUMNS if c in table.column_names])
-    for name, kind in LABEL_COLUMNS.items():
-        values = pa.nulls(len(table), kind)
-        if name in COST_COLUMNS:
-            values = pa.array(np.zeros(len(table)), kind)
-        elif name == ERROR_COLUMN:
-            values = pa.array(errors, kind)
-        table = table.append_column(name, values)
-    return table
-
-
-def _add_costs(columns: dict[str, list[Any]], row: int, column: str, usd: float) -> None:
-    columns[column][row] += usd
-    columns[COST_COLUMN][row] += usd
+    return with_label_columns(table, LABEL_COLUMNS, errors)
 
 
 class PairAnswerBatch(AnswerActor):
@@ -113,37 +274,18 @@ class PairAnswerBatch(AnswerActor):
         return np.flatnonzero(needed.to_numpy(zero_copy_only=False)).tolist()
 
     def store(self, table: pa.Table, rows: list[int], replies: list[Reply]) -> pa.Table:
-        response = RESPONSE_COLUMNS[self.side]
-        names = (response, ERROR_COLUMN, ANSWER_COST_COLUMN, COST_COLUMN)
-        columns = {name: table.column(name).to_pylist() for name in names}
-        for i, reply in zip(rows, replies, strict=True):
-            if reply.error is not None:
-                columns[ERROR_COLUMN][i] = reply.error
-                continue
-            columns[response][i] = reply.text
-            _add_costs(columns, i, ANSWER_COST_COLUMN, reply.cost(self.price))
-        return set_columns(table, columns)
+        return store_answers(table, rows, replies, RESPONSE_COLUMNS[self.side], self.price)
 
 
-class JudgeBatch(ChatActor):
+class JudgeBatch(LabelActor):
     """Ray Data actor: asks the judge about every row that has both answers and no error, and
     writes the verdicts, the labels and the judging cost."""
 
-    def __init__(
-        self,
-        backend: dict[str, Any],
-        mode: str,
-        prompt_column: str,
-        price: dict[str, Any],
-        max_tokens: int,
-        requests_per_s: float | None = None,
-        concurrency: int = 64,
-    ) -> None:
-        super().__init__(backend, requests_per_s, concurrency, who="judge model")
+    WHO = "judge model"
+
+    def __init__(self, mode: str, **actor: Any) -> None:
+        super().__init__(**actor)
         self.mode = mode
-        self.prompt_column = prompt_column
-        self.price = ModelPrice.model_validate(price)
-        self.max_tokens = max_tokens
 
     def __call__(self, table: pa.Table) -> pa.Table:
         usable = pc.is_null(table.column(ERROR_COLUMN)).to_numpy(zero_copy_only=False)
@@ -160,7 +302,7 @@ class JudgeBatch(ChatActor):
         for n, i in enumerate(rows):
             replies = flat[n * per_row : (n + 1) * per_row]
             columns[VERDICTS_COLUMN][i] = [r.text for r in replies]
-            _add_costs(columns, i, JUDGE_COST_COLUMN, sum(r.cost(self.price) for r in replies))
+            add_cost(columns, i, JUDGE_COST_COLUMN, sum(r.cost(self.price) for r in replies))
             failed = next((r.error for r in replies if r.error is not None), None)
             if failed is not None:
                 columns[ERROR_COLUMN][i] = failed
@@ -181,17 +323,11 @@ class LabelStats:
 
     def __call__(self, table: pa.Table) -> dict[str, float]:
         winners = table.column(WINNER_COLUMN)
-        totals = {
-            "rows": table.num_rows,
-            "labeled": int(pc.sum(pc.is_valid(winners)).as_py() or 0),
-            "errors": int(pc.sum(pc.is_valid(table.column(ERROR_COLUMN))).as_py() or 0),
-            "strong_score_sum": float(pc.sum(table.column(STRONG_SCORE_COLUMN)).as_py() or 0.0),
-        }
+        totals = row_counts(table, winners)
+        totals["strong_score_sum"] = float(pc.sum(table.column(STRONG_SCORE_COLUMN)).as_py() or 0.0)
         for winner in ("strong", "weak", "tie"):
             totals[f"winner_{winner}"] = int(pc.sum(pc.equal(winners, winner)).as_py() or 0)
-        for column in COST_COLUMNS:
-            totals[column] = float(pc.sum(table.column(column)).as_py() or 0.0)
-        return totals
+        return totals | cost_totals(table)
 
 
 def summarize(
@@ -205,11 +341,7 @@ def summarize(
         "judge_mode": config.judge_mode,
         "winners": {w: int(totals.get(f"winner_{w}", 0)) for w in ("strong", "weak", "tie")},
         "mean_strong_score": totals.get("strong_score_sum", 0.0) / labeled if labeled else None,
-        "cost_usd": {
-            "answers": totals.get(ANSWER_COST_COLUMN, 0.0),
-            "judge": totals.get(JUDGE_COST_COLUMN, 0.0),
-            "total": totals.get(COST_COLUMN, 0.0),
-        },
+        "cost_usd": spent(totals),
         "estimated_cost_usd": estimate.as_dict(),
         "output": output,
     }
@@ -266,13 +398,8 @@ def estimate_cost(
     prompt_column: str,
     seed: int,
 ) -> CostEstimate:
-    """The whole run's estimate: over the sampled rows, or over a sample of the archive scaled
-    up to all of its rows."""
-    scale = 1.0
-    if plan is None:
-        total = sum(f.num_rows for f in files)
-        plan = plan_sample(files, min(ESTIMATE_ROWS, total), seed)
-        scale = total / plan.size if plan.size else 0.0
+    """The whole run's estimate (batch_jobs.label_cost.estimate_plan says over which rows)."""
+    plan, scale = estimate_plan(files, plan, seed)
     estimate = CostEstimate()
     columns = [prompt_column, RESPONSE_COLUMNS["strong"], RESPONSE_COLUMNS["weak"]]
     for _, table in sampled_tables(files, plan, columns):
@@ -303,58 +430,32 @@ def run(
     """Label every row of the archive, or a sample of `sample` rows; with `dry_run`, only
     estimate the cost and return {"dry_run": True, "estimated_cost_usd": ...}. A config that
     lists `backends:` labels for an N-model router instead (batch_jobs.label_models)."""
+    job = LabelRun(
+        input_path, output_path, sample, seed, prompt_column, s3_endpoint, overwrite, dry_run
+    )
     if config.backends:
         from batch_jobs import label_models
 
-        return label_models.run(
-            input_path,
-            output_path,
-            config,
-            sample=sample,
-            seed=seed,
-            prompt_column=prompt_column,
-            s3_endpoint=s3_endpoint,
-            overwrite=overwrite,
-            dry_run=dry_run,
-        )
-    if sample is not None and sample < 1:
-        raise ValueError(f"--sample takes a number of rows (at least 1), got {sample}")
-    source, output = locate(input_path, s3_endpoint), locate(output_path, s3_endpoint)
-    files = inspect_inputs(source, prompt_column)
-    check_answer_columns(files, config)
-    plan = plan_sample(files, sample, seed) if sample is not None else None
-    if plan is not None and not plan.size:
-        raise InputError(f"no rows to sample under {source.uri}")
-    estimate = estimate_cost(files, plan, config, prompt_column, seed)
+        return label_models.run(job, config)
+    return _run_pairs(job, config)
+
+
+def _run_pairs(job: LabelRun, config: LabelConfig) -> dict[str, Any]:
+    """The two-model job: a strong and a weak answer per row, compared by the judge."""
+    prompt_column = job.prompt_column
+    output, files, plan = open_inputs(job, lambda files: check_answer_columns(files, config))
+    estimate = estimate_cost(files, plan, config, prompt_column, job.seed)
     logger.info("%s", estimate.describe())
-    if dry_run:
+    if job.dry_run:
         return {"dry_run": True, "estimated_cost_usd": estimate.as_dict()}
 
-    identity = {
-        "job": "label",
-        "input": input_path.rstrip("/"),
-        "config_sha256": config.fingerprint(),
-        "prompt_column": prompt_column,
-        "judge_mode": config.judge_mode,
-        "sample": sample,
-        **({"seed": seed, "sample_sha256": plan.digest()} if plan is not None else {}),
-    }
-    if open_job(output, identity, overwrite) is None:
-        record_job(output, identity, estimated_cost_usd=estimate.as_dict())
+    begin_job(job, config, {"judge_mode": config.judge_mode}, output, plan, estimate)
     if plan is not None:
         files = inspect_inputs(write_sample(files, plan, output), prompt_column)
     sides = sides_to_answer(files, config)
     configured = [side for side in RESPONSE_COLUMNS if config.backend(side) is not None]
 
-    def pipeline(dataset: Any) -> Any:
-        # As light as the read it follows, so Ray Data fuses the two into one task.
-        dataset = dataset.map_batches(
-            prepare_rows,
-            fn_kwargs={"prompt_column": prompt_column, "configured": configured},
-            batch_size=None,
-            batch_format="pyarrow",
-            num_cpus=READ_CPUS,
-        )
+    def stages(dataset: Any) -> Any:
         for side in ("weak", "strong"):
             if side in sides:
                 dataset = chat_stage(
@@ -379,10 +480,12 @@ def run(
             max_tokens=config.judge_max_tokens,
         )
 
-    def empty(table: pa.Table) -> pa.Table:
-        return prepare_rows(table, prompt_column, configured)
-
-    totals, timing = run_files(files, output, pipeline, LabelStats(), empty)
-    summary = summarize(totals, config, estimate, output_path) | timing.summary()
-    output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return label_files(
+        files,
+        output,
+        prepare_rows,
+        {"prompt_column": prompt_column, "configured": configured},
+        stages,
+        LabelStats(),
+        lambda totals: summarize(totals, config, estimate, job.output_path),
+    )

@@ -1,6 +1,8 @@
-"""What a label run will cost, before any model is called: the answers still to write and the
-judge calls, priced from the config with a four-characters-a-token estimate of each prompt and
-answer, and each price's `mean_output_tokens` for text not yet written."""
+"""What a label run costs. Before any model is called, an estimate: the answers still to write
+and the judge calls, priced from the config with a four-characters-a-token estimate of each
+prompt and answer, and each price's `mean_output_tokens` for text not yet written. While it
+runs, what each row spent, in the cost columns that both label jobs (two-model and N-model)
+write and add up the same way."""
 
 from __future__ import annotations
 
@@ -8,19 +10,69 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from batch_jobs.inputs import InputFile
 from batch_jobs.judge import PAIRWISE_SYSTEM, PAIRWISE_USER, SINGLE_SYSTEM, SINGLE_USER
 from batch_jobs.label_config import LabelConfig
+from batch_jobs.sample import SamplePlan, plan_sample
 from routers.prices import estimate_tokens
 from routers.prompts import prompt_error
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+ANSWER_COST_COLUMN = "answer_cost_usd"
+JUDGE_COST_COLUMN = "judge_cost_usd"
+COST_COLUMN = "cost_usd"
+COST_COLUMNS = (ANSWER_COST_COLUMN, JUDGE_COST_COLUMN, COST_COLUMN)
+# Rows read to estimate the cost of labelling a whole archive (scaled up to all its rows).
+ESTIMATE_ROWS = 2000
+
+
+def add_cost(columns: dict[str, list[Any]], row: int, column: str, usd: float) -> None:
+    """Charge `usd` to one row's `column` (answer or judge) and to its total."""
+    columns[column][row] += usd
+    columns[COST_COLUMN][row] += usd
+
+
+def cost_totals(table: pa.Table) -> dict[str, float]:
+    """Each cost column's sum over a labelled output file (the file's stats)."""
+    return {c: float(pc.sum(table.column(c)).as_py() or 0.0) for c in COST_COLUMNS}
+
+
+def spent(totals: dict[str, float]) -> dict[str, float]:
+    """The job summary's `cost_usd`, from the totals of all output files."""
+    return {
+        "answers": totals.get(ANSWER_COST_COLUMN, 0.0),
+        "judge": totals.get(JUDGE_COST_COLUMN, 0.0),
+        "total": totals.get(COST_COLUMN, 0.0),
+    }
+
+
+def estimate_plan(
+    files: list[InputFile], plan: SamplePlan | None, seed: int
+) -> tuple[SamplePlan, float]:
+    """The rows a run's estimate reads and the factor that scales their cost to the run: the
+    sampled rows as they are, or (no sample: every row is labelled) a sample of the archive
+    scaled up to all of its rows."""
+    if plan is not None:
+        return plan, 1.0
+    total = sum(f.num_rows for f in files)
+    plan = plan_sample(files, min(ESTIMATE_ROWS, total), seed)
+    return plan, total / plan.size if plan.size else 0.0
+
 
 class _Sums:
     """Counts and USD amounts that add up over blocks of rows and scale to a whole archive;
     fields ending in `_usd` are money, the others counts (rounded when reported)."""
+
+    # Fields every estimate has (declared by each dataclass, in its own order: `as_dict` keeps
+    # it); named here for `_describe`. Not a dataclass itself, so these make no fields.
+    rows: float
+    judge_calls: float
+    judge_usd: float
 
     @property
     def total_usd(self) -> float:
@@ -36,6 +88,14 @@ class _Sums:
         values = {k: v if k.endswith("_usd") else round(v) for k, v in asdict(self).items()}
         return {**values, "total_usd": self.total_usd}
 
+    def _describe(self, unit: str, answers: list[tuple[str, float, float]]) -> str:
+        """The log line of an estimate with `rows`, `judge_usd` and `judge_calls`: the total,
+        then each kind of answer (name, USD, count) and the judge."""
+        parts = [f"{name} ${usd:.4f} for {round(count)}" for name, usd, count in answers]
+        parts.append(f"judge ${self.judge_usd:.4f} for {round(self.judge_calls)} calls")
+        total = f"${self.total_usd:.4f} for {round(self.rows)} {unit}"
+        return f"estimated cost: {total} ({', '.join(parts)})"
+
 
 @dataclass
 class CostEstimate(_Sums):
@@ -48,12 +108,11 @@ class CostEstimate(_Sums):
     judge_usd: float = 0.0
 
     def describe(self) -> str:
-        return (
-            f"estimated cost: ${self.total_usd:.4f} for {round(self.rows)} rows "
-            f"(weak answers ${self.weak_usd:.4f} for {round(self.weak_answers)}, strong answers "
-            f"${self.strong_usd:.4f} for {round(self.strong_answers)}, judge "
-            f"${self.judge_usd:.4f} for {round(self.judge_calls)} calls)"
-        )
+        answers = [
+            ("weak answers", self.weak_usd, self.weak_answers),
+            ("strong answers", self.strong_usd, self.strong_answers),
+        ]
+        return self._describe("rows", answers)
 
 
 def _template_tokens(mode: str) -> int:
@@ -116,11 +175,7 @@ class ModelsCostEstimate(_Sums):
     judge_usd: float = 0.0
 
     def describe(self) -> str:
-        return (
-            f"estimated cost: ${self.total_usd:.4f} for {round(self.rows)} prompts (answers "
-            f"${self.answers_usd:.4f} for {round(self.answers)}, judge ${self.judge_usd:.4f} "
-            f"for {round(self.judge_calls)} calls)"
-        )
+        return self._describe("prompts", [("answers", self.answers_usd, self.answers)])
 
 
 def estimate_model_rows(config: LabelConfig, prompts: list[Any]) -> ModelsCostEstimate:

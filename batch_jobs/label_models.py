@@ -20,7 +20,6 @@ so a killed job that is run again labels every pair exactly once.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -30,15 +29,33 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch_jobs.answers import ChatActor, chat_stage, set_columns
-from batch_jobs.commit import SUMMARY_FILE, open_job, record_job, run_files
-from batch_jobs.inputs import READ_CPUS, InputError, InputFile, inspect_inputs
+from batch_jobs.answers import chat_stage, set_columns
+from batch_jobs.inputs import InputFile, inspect_inputs
 from batch_jobs.judge import VerdictError, single_conversation, single_score
+from batch_jobs.label import (
+    LabelActor,
+    LabelRun,
+    begin_job,
+    label_files,
+    open_inputs,
+    row_counts,
+    store_answers,
+    with_label_columns,
+)
 from batch_jobs.label_config import BACKENDS_JUDGE_MODE, LabelConfig
-from batch_jobs.label_cost import ModelsCostEstimate, estimate_model_rows
-from batch_jobs.sample import SamplePlan, plan_sample, sampled_tables
-from batch_jobs.storage import Location, locate, write_table_atomic
-from routers.prices import ModelPrice
+from batch_jobs.label_cost import (
+    ANSWER_COST_COLUMN,
+    COST_COLUMN,
+    JUDGE_COST_COLUMN,
+    ModelsCostEstimate,
+    add_cost,
+    cost_totals,
+    estimate_model_rows,
+    estimate_plan,
+    spent,
+)
+from batch_jobs.sample import SamplePlan, sampled_tables
+from batch_jobs.storage import Location, write_table_atomic
 from routers.prompts import ERROR_COLUMN, prompt_error
 
 logger = logging.getLogger(__name__)
@@ -57,10 +74,6 @@ RESPONSE_COLUMN = "response"
 JUDGE_COLUMN = "judge"
 JUDGE_REPLY_COLUMN = "judge_reply"
 GRADE_COLUMN = "grade"
-ANSWER_COST_COLUMN = "answer_cost_usd"
-JUDGE_COST_COLUMN = "judge_cost_usd"
-COST_COLUMN = "cost_usd"
-COST_COLUMNS = (ANSWER_COST_COLUMN, JUDGE_COST_COLUMN, COST_COLUMN)
 # What the job adds to each pair (replacing input columns of the same names).
 LABEL_COLUMNS = {
     RESPONSE_COLUMN: pa.string(),
@@ -73,7 +86,6 @@ LABEL_COLUMNS = {
     COST_COLUMN: pa.float64(),
     ERROR_COLUMN: pa.string(),
 }
-ESTIMATE_ROWS = 2000
 
 
 # -- the hidden pairs ---------------------------------------------------------------------------
@@ -143,44 +155,19 @@ def prepare_pairs(table: pa.Table, prompt_column: str) -> pa.Table:
     0, the rest is null."""
     prompts = table.column(prompt_column).to_pylist()
     errors = [prompt_error(p) for p in prompts]
-    table = table.drop_columns([c for c in LABEL_COLUMNS if c in table.column_names])
-    for name, kind in LABEL_COLUMNS.items():
-        values = pa.nulls(len(table), kind)
-        if name in COST_COLUMNS:
-            values = pa.array(np.zeros(len(table)), kind)
-        elif name == ERROR_COLUMN:
-            values = pa.array(errors, kind)
-        table = table.append_column(name, values)
-    return table
-
-
-def _add_cost(columns: dict[str, list[Any]], row: int, column: str, usd: float) -> None:
-    columns[column][row] += usd
-    columns[COST_COLUMN][row] += usd
+    return with_label_columns(table, LABEL_COLUMNS, errors)
 
 
 def _usable(table: pa.Table) -> np.ndarray:
     return pc.is_null(table.column(ERROR_COLUMN)).to_numpy(zero_copy_only=False)
 
 
-class ModelAnswerBatch(ChatActor):
+class ModelAnswerBatch(LabelActor):
     """Ray Data actor: its model answers the usable pairs that name it; every other row passes
     through unchanged."""
 
-    def __init__(
-        self,
-        backend: dict[str, Any],
-        prompt_column: str,
-        price: dict[str, Any],
-        max_tokens: int,
-        temperature: float,
-        requests_per_s: float | None = None,
-        concurrency: int = 64,
-    ) -> None:
-        super().__init__(backend, requests_per_s, concurrency, who="model")
-        self.prompt_column = prompt_column
-        self.price = ModelPrice.model_validate(price)
-        self.max_tokens = max_tokens
+    def __init__(self, temperature: float, **actor: Any) -> None:
+        super().__init__(**actor)
         self.temperature = temperature
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -192,35 +179,15 @@ class ModelAnswerBatch(ChatActor):
         prompts = table.column(self.prompt_column).to_pylist()
         asks = [[{"role": "user", "content": prompts[i]}] for i in rows]
         replies = self.ask(asks, self.max_tokens, self.temperature)
-        names = (RESPONSE_COLUMN, ERROR_COLUMN, *COST_COLUMNS)
-        columns = {name: table.column(name).to_pylist() for name in names}
-        for i, reply in zip(rows, replies, strict=True):
-            if reply.error is not None:
-                columns[ERROR_COLUMN][i] = reply.error
-                continue
-            columns[RESPONSE_COLUMN][i] = reply.text
-            _add_cost(columns, i, ANSWER_COST_COLUMN, reply.cost(self.price))
-        return set_columns(table, columns)
+        return store_answers(table, rows, replies, RESPONSE_COLUMN, self.price)
 
 
-class GradeBatch(ChatActor):
+class GradeBatch(LabelActor):
     """Ray Data actor: the judge grades every answered pair alone; writes the grade, the score
     (grade over 10), the judge's reply and the judging cost. A reply without exactly one grade
     1-10 makes the pair an error row that keeps the reply."""
 
-    def __init__(
-        self,
-        backend: dict[str, Any],
-        prompt_column: str,
-        price: dict[str, Any],
-        max_tokens: int,
-        requests_per_s: float | None = None,
-        concurrency: int = 64,
-    ) -> None:
-        super().__init__(backend, requests_per_s, concurrency, who="judge model")
-        self.prompt_column = prompt_column
-        self.price = ModelPrice.model_validate(price)
-        self.max_tokens = max_tokens
+    WHO = "judge model"
 
     def __call__(self, table: pa.Table) -> pa.Table:
         answered = pc.is_valid(table.column(RESPONSE_COLUMN)).to_numpy(zero_copy_only=False)
@@ -234,7 +201,7 @@ class GradeBatch(ChatActor):
         columns = {name: table.column(name).to_pylist() for name in LABEL_COLUMNS}
         for i, reply in zip(rows, replies, strict=True):
             columns[JUDGE_COLUMN][i] = self.model
-            _add_cost(columns, i, JUDGE_COST_COLUMN, reply.cost(self.price))
+            add_cost(columns, i, JUDGE_COST_COLUMN, reply.cost(self.price))
             if reply.error is not None:
                 columns[ERROR_COLUMN][i] = reply.error
                 continue
@@ -256,20 +223,13 @@ class PairStats:
     """Totals of one labelled output file, per model too (the job summary adds them up)."""
 
     def __call__(self, table: pa.Table) -> dict[str, float]:
-        scores = table.column(SCORE_COLUMN)
-        totals = {
-            "rows": table.num_rows,
-            "labeled": int(pc.sum(pc.is_valid(scores)).as_py() or 0),
-            "errors": int(pc.sum(pc.is_valid(table.column(ERROR_COLUMN))).as_py() or 0),
-        }
+        totals = row_counts(table, table.column(SCORE_COLUMN))
         models = table.column(MODEL_COLUMN)
         for model in pc.unique(models).to_pylist():
             mine = table.filter(pc.equal(models, model)).column(SCORE_COLUMN)
             totals[f"labeled:{model}"] = int(pc.sum(pc.is_valid(mine)).as_py() or 0)
             totals[f"score_sum:{model}"] = float(pc.sum(mine).as_py() or 0.0)
-        for column in COST_COLUMNS:
-            totals[column] = float(pc.sum(table.column(column)).as_py() or 0.0)
-        return totals
+        return totals | cost_totals(table)
 
 
 def summarize(
@@ -288,11 +248,7 @@ def summarize(
         "judge_mode": "single",
         "judge": config.judge_backend.model,
         "models": per_model,
-        "cost_usd": {
-            "answers": totals.get(ANSWER_COST_COLUMN, 0.0),
-            "judge": totals.get(JUDGE_COST_COLUMN, 0.0),
-            "total": totals.get(COST_COLUMN, 0.0),
-        },
+        "cost_usd": spent(totals),
         "estimated_cost_usd": estimate.as_dict(),
         "output": output,
     }
@@ -305,77 +261,36 @@ def estimate_cost(
     prompt_column: str,
     seed: int,
 ) -> ModelsCostEstimate:
-    """The whole run's estimate: over the sampled rows, or over a sample of the archive scaled
-    up to all of its rows."""
-    scale = 1.0
-    if plan is None:
-        total = sum(f.num_rows for f in files)
-        plan = plan_sample(files, min(ESTIMATE_ROWS, total), seed)
-        scale = total / plan.size if plan.size else 0.0
+    """The whole run's estimate (batch_jobs.label_cost.estimate_plan says over which rows)."""
+    plan, scale = estimate_plan(files, plan, seed)
     estimate = ModelsCostEstimate()
     for _, table in sampled_tables(files, plan, [prompt_column]):
         estimate += estimate_model_rows(config, table.column(prompt_column).to_pylist())
     return estimate.scaled(scale)
 
 
-def run(
-    input_path: str,
-    output_path: str,
-    config: LabelConfig,
-    *,
-    sample: int | None = None,
-    seed: int = 0,
-    prompt_column: str = "prompt",
-    s3_endpoint: str | None = None,
-    overwrite: bool = False,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Label every row of the archive, or a sample of `sample` rows, with every listed model;
-    with `dry_run`, only estimate the cost."""
+def run(job: LabelRun, config: LabelConfig) -> dict[str, Any]:
+    """Label every row of the archive, or a sample of `job.sample` rows, with every listed
+    model; with `job.dry_run`, only estimate the cost. `batch_jobs.label.run` calls this for a
+    config with `backends:`."""
     if not config.backends:
         raise ValueError("N-model labelling needs `backends:` in the label config")
     if config.judge_mode != "single":
         raise ValueError(BACKENDS_JUDGE_MODE)
-    if sample is not None and sample < 1:
-        raise ValueError(f"--sample takes a number of rows (at least 1), got {sample}")
-    if prompt_column in (MODEL_COLUMN, *LABEL_COLUMNS):
-        raise InputError(f"the prompt column cannot be named {prompt_column!r}: the job writes it")
-    source, output = locate(input_path, s3_endpoint), locate(output_path, s3_endpoint)
-    files = inspect_inputs(source, prompt_column)
-    plan = plan_sample(files, sample, seed) if sample is not None else None
-    if plan is not None and not plan.size:
-        raise InputError(f"no rows to sample under {source.uri}")
-    estimate = estimate_cost(files, plan, config, prompt_column, seed)
+    prompt_column = job.prompt_column
+    output, files, plan = open_inputs(job, reserved=(MODEL_COLUMN, *LABEL_COLUMNS))
+    estimate = estimate_cost(files, plan, config, prompt_column, job.seed)
     logger.info("%s", estimate.describe())
-    if dry_run:
+    if job.dry_run:
         return {"dry_run": True, "estimated_cost_usd": estimate.as_dict()}
 
     models = config.models
-    identity = {
-        "job": "label",
-        "input": input_path.rstrip("/"),
-        "config_sha256": config.fingerprint(),
-        "prompt_column": prompt_column,
-        "judge_mode": "single",
-        "models": models,
-        "sample": sample,
-        **({"seed": seed, "sample_sha256": plan.digest()} if plan is not None else {}),
-    }
-    if open_job(output, identity, overwrite) is None:
-        record_job(output, identity, estimated_cost_usd=estimate.as_dict())
+    begin_job(job, config, {"judge_mode": "single", "models": models}, output, plan, estimate)
     pairs = write_pairs(files, plan or all_rows(files), models, output)
     files = inspect_inputs(pairs, prompt_column)
     judge_price = config.backends_judge_price.model_dump()
 
-    def pipeline(dataset: Any) -> Any:
-        # As light as the read it follows, so Ray Data fuses the two into one task.
-        dataset = dataset.map_batches(
-            prepare_pairs,
-            fn_kwargs={"prompt_column": prompt_column},
-            batch_size=None,
-            batch_format="pyarrow",
-            num_cpus=READ_CPUS,
-        )
+    def stages(dataset: Any) -> Any:
         for backend in config.backends:
             dataset = chat_stage(
                 dataset,
@@ -397,10 +312,12 @@ def run(
             max_tokens=config.judge_max_tokens,
         )
 
-    def empty(table: pa.Table) -> pa.Table:
-        return prepare_pairs(table, prompt_column)
-
-    totals, timing = run_files(files, output, pipeline, PairStats(), empty)
-    summary = summarize(totals, config, estimate, output_path) | timing.summary()
-    output.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return label_files(
+        files,
+        output,
+        prepare_pairs,
+        {"prompt_column": prompt_column},
+        stages,
+        PairStats(),
+        lambda totals: summarize(totals, config, estimate, job.output_path),
+    )

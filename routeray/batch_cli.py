@@ -269,28 +269,32 @@ def label(
         )
         return
     cost = summary["cost_usd"]
-    if "models" in summary:  # N-model labels: one row per (prompt, model)
+    typer.echo(
+        f"\n{_labelled(summary)}\n"
+        f"cost ${cost['total']:.4f} (answers ${cost['answers']:.4f}, judge "
+        f"${cost['judge']:.4f}) against an estimate of ${estimate['total_usd']:.4f}\n"
+        f"results: {output}"
+    )
+
+
+def _labelled(summary: dict[str, Any]) -> str:
+    """What a label run labelled: per model for N-model labels (one row per prompt and
+    model), else the two-model winners."""
+    if "models" in summary:
         means = ", ".join(
             f"{m} {v['mean_score']:.3f}" if v["mean_score"] is not None else f"{m} -"
             for m, v in summary["models"].items()
         )
-        typer.echo(
-            f"\nlabelled {summary['labeled']} of {summary['rows']} (prompt, model) pairs of "
+        return (
+            f"labelled {summary['labeled']} of {summary['rows']} (prompt, model) pairs of "
             f"{summary['prompts']} prompts (single, judge {summary['judge']}); mean score: "
-            f"{means}; {summary['errors']} pairs have an error\n"
-            f"cost ${cost['total']:.4f} (answers ${cost['answers']:.4f}, judge "
-            f"${cost['judge']:.4f}) against an estimate of ${estimate['total_usd']:.4f}\n"
-            f"results: {output}"
+            f"{means}; {summary['errors']} pairs have an error"
         )
-        return
     winners = summary["winners"]
-    typer.echo(
-        f"\nlabelled {summary['labeled']} of {summary['rows']} rows ({summary['judge_mode']}): "
+    return (
+        f"labelled {summary['labeled']} of {summary['rows']} rows ({summary['judge_mode']}): "
         f"strong {winners['strong']}, weak {winners['weak']}, tie {winners['tie']}; "
-        f"{summary['errors']} rows have an error\n"
-        f"cost ${cost['total']:.4f} (answers ${cost['answers']:.4f}, judge "
-        f"${cost['judge']:.4f}) against an estimate of ${estimate['total_usd']:.4f}\n"
-        f"results: {output}"
+        f"{summary['errors']} rows have an error"
     )
 
 
