@@ -3,11 +3,12 @@ on every other source chooses among that table's own models, priced, and its AIQ
 against RouterBench's zero router (the best fixed mixture of the same models) and the oracle.
 
     python -m bench.multi_loso [--recipe mf --recipe heads --recipe irt] [--held-out NAME]
-        [--labelled-share 0.5]
+        [--labelled-share 0.2 --labelled-weight 10]
 
 With `--labelled-share S`, a seeded share S of the held-out table's prompts (with all their
 labels) joins the training data, as a user's own labels of their traffic would
-(`routeray batch label`), and the router is judged on the other prompts only.
+(`routeray batch label`), each row weighing `--labelled-weight` (as `routeray train
+--extra-weight` weighs a user's labels), and the router is judged on the other prompts only.
 
 Only models the router has labels for from the other sources can be judged (a model seen only
 in the held-out table has no labels to learn from), and only models labelling >= 90 % of the
@@ -128,6 +129,12 @@ def main() -> None:
     parser.add_argument("--recipe", action="append", choices=RECIPES)
     parser.add_argument("--held-out", action="append")
     parser.add_argument("--labelled-share", type=float, default=0.0)
+    parser.add_argument(
+        "--labelled-weight",
+        type=float,
+        default=1.0,
+        help="each labelled row's weight (as `routeray train --extra-weight` gives a user's)",
+    )
     parser.add_argument("--json", type=Path, help="also write every result here")
     args = parser.parse_args()
     recipes = args.recipe or list(RECIPES)
@@ -143,10 +150,16 @@ def main() -> None:
                 table = tables[name]
                 if args.labelled_share > 0:
                     labelled, table = split_prompts(table, args.labelled_share)
-                    rest = pd.concat([rest, labelled.assign(source=name)], ignore_index=True)
+                    own = labelled.assign(source=name, weight=args.labelled_weight)
+                    rest = pd.concat([rest.assign(weight=1.0), own], ignore_index=True)
                 router = MultiModelRouter.train(rest, recipe=recipe)
                 prices = Prices(models={m: guess_price(m) for m in table["model"].unique()})
-                row = {"recipe": recipe, "held_out": name, "labelled_share": args.labelled_share}
+                row = {
+                    "recipe": recipe,
+                    "held_out": name,
+                    "labelled_share": args.labelled_share,
+                    "labelled_weight": args.labelled_weight,
+                }
                 try:
                     report, left_out = judge_table(table, router.models, router.qualities, prices)
                 except ValueError as exc:

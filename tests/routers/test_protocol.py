@@ -37,6 +37,7 @@ LOAD_OPTIONS = {
     "causal_llm": ["base_model", "device", "dtype", "batch_size", "strong_model", "weak_model"],
     "quality_gap": ["strong_model", "weak_model"],
     "distilled": ["strong_model", "weak_model"],
+    "multi": ["models", "device"],
 }
 
 
