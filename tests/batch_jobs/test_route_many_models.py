@@ -72,14 +72,10 @@ def _expected(router_dir: Path, prompts: list[str], prices: Prices, rule: Choice
     return router.models, qualities, costs, choose(qualities, costs, rule)
 
 
-@pytest.mark.parametrize(
-    ("prices", "rule"),
-    [(EQUAL, ChoiceRule()), (TIERED, ChoiceRule(cost_weight=2000.0))],
-    ids=["equal-prices-default-rule", "tiered-prices-cost-weight"],
-)
-def test_every_row_goes_to_the_model_the_rule_picks(
-    local_ray, tmp_path: Path, multi_router, prices: Prices, rule: ChoiceRule
-):
+def test_every_row_goes_to_the_model_the_rule_picks(local_ray, tmp_path: Path, multi_router):
+    # Other rules and tiered prices, row by row, without a job: tests/batch_jobs/
+    # test_choose_table.py (the actors run the same choose_table).
+    prices, rule = EQUAL, ChoiceRule()
     router_dir, examples = multi_router
     prompts = _archive(tmp_path / "in", examples)
     out = tmp_path / "out"
@@ -110,11 +106,10 @@ def test_every_row_goes_to_the_model_the_rule_picks(
     columns = [f"quality:{m}" for m in models]
     assert [c for c in table.columns if c.startswith("quality:")] == columns
     np.testing.assert_allclose(good[columns].to_numpy(), qualities, rtol=1e-5)
-    if prices is EQUAL:
-        # The router's promise: each topic's prompt goes to the model best at that topic.
-        for model, prompt in examples.items():
-            assert set(good.loc[good["prompt"] == prompt, "model"]) == {model}
-        assert len(set(good["model"])) == 3
+    # The router's promise: each topic's prompt goes to the model best at that topic.
+    for model, prompt in examples.items():
+        assert set(good.loc[good["prompt"] == prompt, "model"]) == {model}
+    assert len(set(good["model"])) == 3
 
     written = json.loads((out / SUMMARY_FILE).read_text())
     assert written == summary

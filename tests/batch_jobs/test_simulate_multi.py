@@ -72,7 +72,7 @@ def test_simulate_draws_the_frontier_against_every_model_the_zero_router_and_the
     assert (out / "cost_quality.png").stat().st_size > 0
 
 
-def test_an_n_model_simulate_refuses_two_model_options(local_ray, tmp_path: Path):
+def test_an_n_model_simulate_refuses_two_model_options(tmp_path: Path):
     from batch_jobs.simulate import run
     from routers import Prices
 
