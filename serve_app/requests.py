@@ -202,7 +202,23 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
 class RouteRequest(BaseModel):
     """`POST /v1/route` for several prompts at once; each prompt is routed as it is."""
 
-    model_config = ConfigDict(extra="ignore")
+    # The examples are in the request document (GET /openapi.json) for clients, and a fuzzer
+    # reading it sends them as they are: valid bodies it does not have to stumble upon.
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"model": "router-gap", "prompts": ["What is the capital of France?"]},
+                {
+                    "model": "router-gap",
+                    "prompts": [
+                        "What is the capital of France?",
+                        "Prove that there are infinitely many primes.",
+                    ],
+                },
+            ]
+        },
+    )
     model: str = Field(min_length=1)
     prompts: list[StrictStr] = Field(min_length=1)
 
