@@ -29,9 +29,8 @@ from routers.data.outcome_tables import find_outcome_tables
 from routers.data.sources import (
     ALPACA_FILE,
     ARENA_FILE,
-    MMLU_PRO_FILE,
     decontaminate,
-    mmlu_derived,
+    mmlu_pro_correctness,
     require_file,
 )
 
@@ -64,12 +63,11 @@ def _long(
 
 
 def mmlu_pro_outcomes(data_dir: Path) -> pd.DataFrame:
-    df = pd.read_parquet(require_file(data_dir / MMLU_PRO_FILE))
-    df = df[~mmlu_derived(df)]
-    columns = [c for c in df.columns if c.startswith("correct__")]
-    melted = df[["prompt", *columns]].melt(id_vars="prompt", var_name="model", value_name="score")
-    melted["model"] = melted["model"].str.removeprefix("correct__")
-    return _long(melted["prompt"], melted["model"], melted["score"].astype(float), "mmlu_pro")
+    df, quality = mmlu_pro_correctness(data_dir)
+    melted = quality.assign(prompt=df["prompt"]).melt(
+        id_vars="prompt", var_name="model", value_name="score"
+    )
+    return _long(melted["prompt"], melted["model"], melted["score"], "mmlu_pro")
 
 
 def arena_outcomes(data_dir: Path) -> pd.DataFrame:

@@ -42,9 +42,8 @@ from routers.data.outcome_tables import OutcomeTable, ability_scale, find_outcom
 from routers.data.sources import (
     ALPACA_FILE,
     ARENA_FILE,
-    MMLU_PRO_FILE,
     decontaminate,
-    mmlu_derived,
+    mmlu_pro_correctness,
     require_file,
 )
 
@@ -160,14 +159,10 @@ def labels_from_classes(
 
 
 def mmlu_pro_labels(data_dir: Path) -> pd.DataFrame:
-    df = pd.read_parquet(require_file(data_dir / MMLU_PRO_FILE))
-    df = df[~mmlu_derived(df)]
-    columns = [c for c in df.columns if c.startswith("correct__")]
-    quality = df[columns].astype("float64")
-    quality.columns = [c.removeprefix("correct__") for c in columns]
+    df, quality = mmlu_pro_correctness(data_dir)
     return labels_from_quality(
         df["prompt"],
-        quality.reset_index(drop=True),
+        quality,
         "mmlu_pro",
         tasks=df.get("category"),
     )

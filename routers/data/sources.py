@@ -35,6 +35,17 @@ def mmlu_derived(mmlu_pro: pd.DataFrame) -> pd.Series:
     return mmlu_pro["from_original_mmlu"].astype(bool) | mmlu_pro["src"].str.startswith("ori_mmlu")
 
 
+def mmlu_pro_correctness(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MMLU-Pro's questions not taken from MMLU, and each model's correctness on them (one
+    column per model as the file names it, NaN where it has no answer), row for row."""
+    df = pd.read_parquet(require_file(data_dir / MMLU_PRO_FILE))
+    df = df[~mmlu_derived(df)].reset_index(drop=True)
+    columns = [c for c in df.columns if c.startswith("correct__")]
+    quality = df[columns].astype("float64")
+    quality.columns = [c.removeprefix("correct__") for c in columns]
+    return df, quality
+
+
 def eval_prompts(eval_dir: Path) -> set[str]:
     """Folded text of every eval prompt (MT Bench second turns too), contaminated or not."""
     folded: set[str] = set()
