@@ -3,12 +3,19 @@ on every other source chooses among that table's own models, priced, and its AIQ
 against RouterBench's zero router (the best fixed mixture of the same models) and the oracle.
 
     python -m bench.multi_loso [--recipe mf --recipe heads --recipe irt] [--held-out NAME]
-        [--labelled-share 0.2 --labelled-weight 10]
+        [--labelled-share 0.2 --labelled-weight 10] [--diagnose]
 
 With `--labelled-share S`, a seeded share S of the held-out table's prompts (with all their
 labels) joins the training data, as a user's own labels of their traffic would
 (`routeray batch label`), each row weighing `--labelled-weight` (as `routeray train
 --extra-weight` weighs a user's labels), and the router is judged on the other prompts only.
+
+With `--diagnose`, each table also gets the AIQ of three stand-ins for the router, to say where
+its gap to the zero router lies: every prompt given the router's own mean quality per model
+(`predicted_means`: no per-prompt signal), the table's true mean per model (`true_means`: what
+the zero router knows), and the router's per-prompt predictions shifted per model, in logits,
+until their means are the table's (`router_at_true_means`: the router's prompt structure with
+the zero router's knowledge of the models).
 
 Only models the router has labels for from the other sources can be judged (a model seen only
 in the held-out table has no labels to learn from), and only models labelling >= 90 % of the
@@ -24,13 +31,15 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from routeray.options import CACHE_DIR
 from routers.data.model_names import normalize_model_name
 from routers.data.model_outcomes import load_model_outcomes
 from routers.data.outcome_tables import find_outcome_tables
-from routers.evaluation.multi_model import judge_table
+from routers.decision.choice import prompt_costs
+from routers.evaluation.multi_model import MultiModelReport, judge, judge_table, quality_matrix
 from routers.kinds.multi import RECIPES, MultiModelRouter
 from routers.prices import ModelPrice, Prices
 from routers.text.embedders import embedding_cache
@@ -124,6 +133,45 @@ def split_prompts(
     return table[inside][["prompt", "model", "score"]], table[~inside]
 
 
+def shift_to_means(predicted: np.ndarray, means: np.ndarray, steps: int = 60) -> np.ndarray:
+    """`predicted` (prompts, models) with each model's logits moved by one constant so that its
+    mean over the prompts is `means` (bisection on the constant: the mean rises with it)."""
+    logits = np.log(np.clip(predicted, 1e-6, 1 - 1e-6) / np.clip(1 - predicted, 1e-6, 1))
+    target = np.clip(means, 1e-4, 1 - 1e-4)
+    lo, hi = np.full(predicted.shape[1], -40.0), np.full(predicted.shape[1], 40.0)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        low = (1 / (1 + np.exp(-(logits + mid)))).mean(axis=0) < target
+        lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+    return 1 / (1 + np.exp(-(logits + (lo + hi) / 2)))
+
+
+def diagnose(
+    table: pd.DataFrame, report: MultiModelReport, router: MultiModelRouter, prices: Prices
+) -> dict[str, float]:
+    """AIQ minus the zero router's for the three stand-ins of `--diagnose` (module doc)."""
+    matrix = quality_matrix(table)
+    index = {normalize_model_name(m): i for i, m in enumerate(matrix.models)}
+    true_q = matrix.quality[:, [index[normalize_model_name(m)] for m in report.models]]
+    router.select(report.models)
+    try:
+        predicted = router.qualities(matrix.prompts)
+    finally:
+        router.select(None)
+    costs = prompt_costs(prices.for_models(report.models), matrix.prompts)
+    stand_ins = {
+        "predicted_means": np.broadcast_to(predicted.mean(axis=0), predicted.shape),
+        "true_means": np.broadcast_to(true_q.mean(axis=0), predicted.shape),
+        "router_at_true_means": shift_to_means(predicted, true_q.mean(axis=0)),
+    }
+    return {
+        f"{name}_minus_zero": round(
+            judge(q, true_q, costs, report.models).router_aiq - report.zero_router_aiq, 4
+        )
+        for name, q in stand_ins.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", action="append", choices=RECIPES)
@@ -135,6 +183,7 @@ def main() -> None:
         default=1.0,
         help="each labelled row's weight (as `routeray train --extra-weight` gives a user's)",
     )
+    parser.add_argument("--diagnose", action="store_true", help="also judge the stand-ins")
     parser.add_argument("--json", type=Path, help="also write every result here")
     args = parser.parse_args()
     recipes = args.recipe or list(RECIPES)
@@ -182,6 +231,8 @@ def main() -> None:
                     "table_models_router_lacks": len(left_out["table_models_router_lacks"]),
                     "seconds": round(time.perf_counter() - started, 1),
                 }
+                if args.diagnose:
+                    row |= diagnose(table, report, router, prices)
                 results.append(row)
                 print(
                     json.dumps({k: v for k, v in row.items() if k != "judged_models"}), flush=True
