@@ -39,7 +39,14 @@ from ray.data import Datasink
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from batch_jobs.inputs import ROW_COLUMN, SOURCE_COLUMN, InputFile, read_units, work_units
+from batch_jobs.inputs import (
+    ROW_COLUMN,
+    SOURCE_COLUMN,
+    InputFile,
+    read_units,
+    unit_dataset,
+    work_units,
+)
 from batch_jobs.storage import Location, visible_files, write_table_atomic
 
 JOB_FILE = "_JOB.json"
@@ -322,8 +329,10 @@ def run_files(
     and what this run processed, in how long.
 
     `transform(dataset)` returns the processed rows, which a `CommitSink` writes; with
-    `commits_itself`, `transform(dataset, stager)` stages its rows itself with the `Stager`
-    it is given and returns a dataset with one int column: the rows each batch staged."""
+    `commits_itself`, `transform(units, stager)` is given the work units (`unit_dataset`, a
+    row group each), reads their rows where it processes them (`read_unit_rows`), stages them
+    itself with the `Stager` it is given and returns a dataset with one int column: the rows
+    each batch staged. No row then passes through Ray's object store."""
     import ray
 
     # Timed: from here (Ray is up, the inputs are listed, the job's settings and threshold are
@@ -355,13 +364,13 @@ def run_files(
     for file in pending:
         by_schema[file.columns].append(file)
     for group in by_schema.values():
-        dataset = read_units(group[0].location.fs, work_units(group))
         if commits_itself:
-            staged = transform(dataset, Stager(output, tracker, stats))
+            staged = transform(unit_dataset(work_units(group)), Stager(output, tracker, stats))
             # The receipts are a few bytes a batch; pulling them here is what runs the job.
             for _ in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
                 pass
             continue
+        dataset = read_units(group[0].location.fs, work_units(group))
         # Writing is mostly waiting on storage: a sliver of CPU, so it never starves the actors.
         transform(dataset).write_datasink(
             CommitSink(output, tracker, stats), ray_remote_args={"num_cpus": WRITE_CPUS}

@@ -97,8 +97,9 @@ def read_row_group(fs: Any, unit: dict[str, Any], columns: list[str] | None = No
         ) from exc
 
 
-def _read_units(units: dict[str, Any], fs: Any) -> pa.Table:
-    """Ray Data UDF: work units in, their rows out, tagged with file and position."""
+def read_unit_rows(units: dict[str, Any], fs: Any) -> pa.Table:
+    """Work units in (a batch of `work_units`, as Ray Data gives it), their rows out, tagged
+    with file and position."""
     tables = []
     for i in range(len(units["path"])):
         unit = {name: values[i] for name, values in units.items()}
@@ -112,15 +113,21 @@ def _read_units(units: dict[str, Any], fs: Any) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def read_units(fs: Any, units: list[dict[str, Any]]) -> Any:
-    """A Ray Dataset of the rows of `units`, one read task per row group."""
+def unit_dataset(units: list[dict[str, Any]]) -> Any:
+    """A Ray Dataset of the work units themselves, a block each: for a stage that reads its
+    rows where it processes them (`read_unit_rows`)."""
     import ray
 
-    items = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+    return ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+
+
+def read_units(fs: Any, units: list[dict[str, Any]]) -> Any:
+    """A Ray Dataset of the rows of `units`, one read task per row group."""
+    items = unit_dataset(units)
     # Reading waits on storage more than it computes; a whole CPU per read task would starve
     # the actor pools on a small machine (and deadlock once they hold every CPU).
     return items.map_batches(
-        _read_units, fn_kwargs={"fs": fs}, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS
+        read_unit_rows, fn_kwargs={"fs": fs}, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS
     )
 
 

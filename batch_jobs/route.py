@@ -31,7 +31,13 @@ from batch_jobs.commit import (
     record_job,
     run_files,
 )
-from batch_jobs.inputs import READ_CPUS, InputFile, calibration_sample, inspect_inputs
+from batch_jobs.inputs import (
+    READ_CPUS,
+    InputFile,
+    calibration_sample,
+    inspect_inputs,
+    read_unit_rows,
+)
 from batch_jobs.storage import locate
 from routers import cap_threads
 from routers.checkpoint import CONFIG_FILE, load_router, read_config
@@ -107,7 +113,12 @@ class RouteBatch:
     here a batch's rows are staged, and the file they complete published, before the actor
     takes its next batch. It also spares each routed block a trip through the object store
     and a second process. The commit is the same exactly-once one (`batch_jobs.commit`):
-    a block that Ray runs again restages the same piece under the same name."""
+    a block that Ray runs again restages the same piece under the same name.
+
+    Given `fs`, a batch is work units (row groups, `batch_jobs.inputs.work_units`) and the
+    actor reads their rows itself, routing them `call_rows` at a time: the rows never enter
+    Ray's object store, whose pages an actor that reads blocks out of it keeps in its resident
+    memory (so that its RSS grew with the archive: docs/BENCHMARKS.md, issue 29)."""
 
     def __init__(
         self,
@@ -119,6 +130,8 @@ class RouteBatch:
         load_options: dict[str, Any] | None = None,
         stager: Stager | None = None,
         choice: dict[str, Any] | None = None,
+        fs: Any | None = None,
+        call_rows: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         if threads:
             cap_threads(threads)
@@ -128,14 +141,26 @@ class RouteBatch:
         self.prices = Prices.model_validate(prices)
         self.stager = stager
         self.choice = None if choice is None else ModelChoice.model_validate(choice)
+        self.fs = fs
+        self.call_rows = call_rows
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        routed = route_table(
-            self.router, batch, self.threshold, self.prompt_column, self.prices, self.choice
-        )
+    def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table:
+        if self.fs is None:
+            routed = self._route(batch)
+        else:
+            rows = read_unit_rows(batch, self.fs)
+            routed = pa.concat_tables(
+                self._route(rows.slice(start, self.call_rows))
+                for start in range(0, max(rows.num_rows, 1), self.call_rows)
+            )
         if self.stager is None:
             return routed
         return pa.table({STAGED_COLUMN: pa.array([self.stager.stage(routed)], pa.int64())})
+
+    def _route(self, table: pa.Table) -> pa.Table:
+        return route_table(
+            self.router, table, self.threshold, self.prompt_column, self.prices, self.choice
+        )
 
 
 def route_table(
@@ -440,8 +465,9 @@ def run(
     actors, cpus, threads = actor_layout(num_actors, num_cpus, num_gpus)
     batch_size = call_size(batch_size, files, actors)
 
-    def route(dataset: Any, stager: Stager) -> Any:
-        return dataset.map_batches(
+    def route(units: Any, stager: Stager) -> Any:
+        # A row group a call: the actor reads it and routes it `batch_size` rows at a time.
+        return units.map_batches(
             RouteBatch,
             fn_constructor_kwargs={
                 "router_dir": router_dir,
@@ -452,9 +478,11 @@ def run(
                 "load_options": load_options,
                 "stager": stager,
                 "choice": choice.model_dump() if choice else None,
+                "fs": source.fs,
+                "call_rows": batch_size,
             },
-            batch_size=batch_size,
-            batch_format="pyarrow",
+            batch_size=1,
+            batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus,
             num_gpus=num_gpus,
