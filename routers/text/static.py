@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from itertools import chain
+from itertools import chain, compress
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 
 from routers.text.hf import offline
+from routers.text.word_pieces import WordPieceCache
 
 MODEL_TYPE = "model2vec"
+# "0" turns the chunk cache off (bench.batch_route compares the two paths this way).
+WORD_CACHE_ENV = "ROUTERAY_STATIC_WORD_CACHE"
 
 
 def is_static_model(path: str | Path | None) -> bool:
@@ -47,10 +50,18 @@ class StaticEmbedder:
     (one list per prompt, one gather per distinct length), while a batch is one call into the
     Rust tokenizer and one sparse product here. The vectors are model2vec's (`encode` with
     `max_length=None`, its settings otherwise) to float rounding: tests/routers/text/
-    test_static_speed.py holds the two to 1e-6.
+    test_static_encode.py holds the two to 1e-6.
+
+    Where the tokenizer is BERT's (the shipped tables'), prompts skip most of it: their
+    whitespace-delimited chunks are tokenised once each and cached (`routers.text.word_pieces`),
+    which gives the tokenizer's own ids; the few prompts that path leaves go through the Rust
+    tokenizer whole. `word_cache=False` (or ROUTERAY_STATIC_WORD_CACHE=0) sends every prompt
+    through the tokenizer.
     """
 
-    def __init__(self, model_path: str | Path, *, batch_size: int = 4096) -> None:
+    def __init__(
+        self, model_path: str | Path, *, batch_size: int = 4096, word_cache: bool | None = None
+    ) -> None:
         offline()
         from model2vec import StaticModel
 
@@ -65,6 +76,10 @@ class StaticEmbedder:
         self.tokenizer.no_truncation()
         self.unk_token_id = self.model.unk_token_id
         self.table = _token_table(self.model)
+        if word_cache is None:
+            word_cache = os.environ.get(WORD_CACHE_ENV, "1") != "0"
+        supported = word_cache and WordPieceCache.is_supported(self.tokenizer)
+        self.words = WordPieceCache(self.tokenizer) if supported else None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
@@ -78,28 +93,47 @@ class StaticEmbedder:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        import scipy.sparse
+        if self.words is None:
+            return self._pool(*self._tokenized(texts))
+        handled, ids, indptr = self.words.token_ids(texts)
+        if handled.all():
+            return self._pool(ids, indptr)
+        vectors = np.empty((len(texts), self.dim), np.float32)
+        vectors[handled] = self._pool(ids, indptr)
+        rest = ~handled
+        vectors[rest] = self._pool(*self._tokenized(list(compress(texts, rest.tolist()))))
+        return vectors
 
+    def _tokenized(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of `texts` by the Rust tokenizer, as CSR rows (ids, indptr)."""
         encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         # map/chain/attrgetter iterate in C: no Python bytecode runs per prompt or per token.
         lengths = np.fromiter(map(len, encodings), np.int64, count=len(encodings))
+        indptr = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
         ids = np.fromiter(
-            chain.from_iterable(map(attrgetter("ids"), encodings)), np.int64, int(lengths.sum())
+            chain.from_iterable(map(attrgetter("ids"), encodings)), np.int64, int(indptr[-1])
         )
+        return ids, indptr
+
+    def _pool(self, ids: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+        """Unit-length mean of the table rows of each CSR row of token ids."""
+        import scipy.sparse
+
         if self.unk_token_id is not None:
             # model2vec drops unknown tokens (they carry no meaning, word-level models have
             # many): not summed and not counted in the mean.
             known = ids != self.unk_token_id
-            prompt_of = np.repeat(np.arange(len(texts)), lengths)
-            ids = ids[known]
-            lengths = np.bincount(prompt_of[known], minlength=len(texts))
-        indptr = np.zeros(len(texts) + 1, np.int64)
-        np.cumsum(lengths, out=indptr[1:])
+            if not known.all():
+                kept = np.zeros(len(ids) + 1, np.int64)
+                np.cumsum(known, out=kept[1:])
+                ids, indptr = ids[known], kept[indptr]
+        lengths = np.diff(indptr)
         # Row i of `tokens` counts prompt i's tokens: its product with the table is each
         # prompt's sum of token vectors, without materialising a vector per token (a gather
         # and np.add.reduceat moves 1 KiB per token and was 50x slower here).
         tokens = scipy.sparse.csr_matrix(
-            (np.ones(len(ids)), ids, indptr), shape=(len(texts), len(self.table))
+            (np.ones(len(ids)), ids, indptr), shape=(len(indptr) - 1, len(self.table))
         )
         sums = np.asarray(tokens @ self.table)
         # model2vec's mean, then its normalisation: float32, a zero vector stays zero.

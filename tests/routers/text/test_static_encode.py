@@ -30,6 +30,44 @@ EDGE_PROMPTS = [
     "x" * 100_000,  # one word too long for WordPiece: one unknown token, no vector
 ]
 
+# What the cached-chunk path (routers/text/word_pieces.py) must get right.
+WORD_EDGE_PROMPTS = [
+    # clean_text deletes these ASCII controls, joining their neighbours (\x0b, \x0c, \x1c-\x1f
+    # are whitespace to Python's str.split: not to the tokenizer)
+    "ab\x0bcd ef\x0cgh ij\x1ckl mn\x1fop qr\x7fst uv\x00wx y\x08z",
+    "".join(map(chr, range(32))) + "only\x7fcontrols" + "\x7f",
+    "\x0b\x0c\x1c\x7f",
+    "tab\tnew\nline\rreturn\r\n  spaces",
+    "".join(map(chr, range(32, 127))),  # every printable ASCII character, one chunk
+    " ".join(map(chr, range(32, 127))),  # and each alone
+    "a" * 99,
+    "b" * 100,
+    "c" * 101,  # one unknown token
+    "(" + "d" * 101 + ")",  # a too-long word inside a chunk: its punctuation stays known
+    "e" * 60 + "-" + "f" * 60,  # a 121-character chunk of two words that are not too long
+    "abc123def 42x 3.14159 1e-10 0xFF 2nd 1,000,000 v2.0.1",
+    "HELLO World MiXeD CaSe",
+    "?!...,;:()[]{}<>'\"`~@#$%^&*-_=+|\\/",  # only punctuation
+    "[PAD] padded [UNK] unknown",  # added tokens: matched in the raw text, before lowercasing
+    "[pad] and [unk] lowercased are not added tokens",
+    "",
+    "",
+    "repeated prompt, repeated words",
+    "repeated prompt, repeated words",
+    "naïve mixed with ascii",
+    "repeated prompt, repeated words",
+    # Non-ASCII characters stay in their chunk for the tokenizer: marks after a space or
+    # around a deleted control, other Unicode spaces, a Kelvin sign that lowercases to ASCII,
+    # zero-width and replacement characters, CJK runs longer than 100 characters.
+    "e \u0301x e\x00\u0301\u0327 \u0301",
+    "a\u00a0b\u3000c\u2028d\u0085e\u2009f",
+    "\u212aELVIN İstanbul ΣΊΣΥΦΟΣ ﬁne ß Ǆ ｆｕｌｌ",
+    "\u200bzero\u200bwidth\ufeff \ufffd? \U000e0041",
+    "It’s “quoted” — really… 2×3 ≤ 7 ½",
+    "中文字符test混合" + "長" * 120 + " " + "語" * 101,
+    "\u0301",
+]
+
 
 def model2vec_vectors(embedder: StaticEmbedder, texts: list[str]) -> np.ndarray:
     """What the embedder returned before it encoded batches itself: model2vec's `encode` with
@@ -43,7 +81,7 @@ def model2vec_vectors(embedder: StaticEmbedder, texts: list[str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def prompts() -> list[str]:
-    return EDGE_PROMPTS + generate_prompts(1500, seed=3)
+    return EDGE_PROMPTS + WORD_EDGE_PROMPTS + generate_prompts(1500, seed=3)
 
 
 @pytest.fixture(scope="module")
