@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import chain, pairwise
 from typing import Any
 
 import pyarrow as pa
@@ -140,6 +140,17 @@ class CommitTracker:
             self.finished.add(relative)
             return list(self.pieces[relative])
         return None
+
+    def whole(self, relative: str, rows: int) -> None:
+        """`relative` was published from all its rows at once, without pieces."""
+        if relative in self.publishers_done:
+            return
+        if rows != self.expected[relative]:
+            raise RuntimeError(
+                f"{relative}: {rows} rows published, the file holds {self.expected[relative]}"
+            )
+        self.finished.add(relative)
+        self.published(relative)
 
     def published(self, relative: str) -> None:
         if relative in self.publishers_done:
@@ -263,6 +274,46 @@ class Stager:
                 ray.get(self.tracker.published.remote(relative))
         return written
 
+    def publish_whole(self, relative: str, rows: int, tables: Iterable[pa.Table]) -> int:
+        """Publish input file `relative` straight from `tables`, all its `rows` in input order
+        (consumed one at a time: the memory of one table), with no staging pieces: one write
+        of the rows instead of three (stage, read back, merge). Returns the rows published.
+
+        A file processed whole is redone whole if the job is killed while it is in flight; the
+        job keeps such files small enough (`run_files(whole_file_rows=)`). Safe to repeat: a
+        file already published is not written again, and `tables` is not consumed."""
+        import ray
+
+        target = self.output.join(relative)
+        if not target.exists():
+            totals: list[dict[str, float]] = []
+            written = 0
+
+            def rows_of() -> Iterator[pa.Table]:
+                nonlocal written
+                for table in tables:
+                    part = _rows(table)
+                    totals.append(self.stats(part))
+                    written += part.num_rows
+                    yield part
+
+            stream = rows_of()
+            first = next(stream)
+            schema = first.schema.with_metadata(
+                {k: v for k, v in (first.schema.metadata or {}).items() if k != PIECE_KEY}
+            )
+
+            def footer() -> dict[bytes, bytes]:
+                if written != rows:  # never expected; raised here, nothing is published
+                    raise RuntimeError(f"{relative}: {written} rows read of its {rows}")
+                return {STATS_KEY: json.dumps(_total_stats(totals)).encode()}
+
+            write_table_atomic(
+                target, chain([first], stream), schema, footer=footer, upload=_storage_retry
+            )
+        ray.get(self.tracker.whole.remote(relative, rows))
+        return rows
+
     def _publish(self, relative: str, complete: list[str]) -> None:
         """Publish a file from its pieces; safe to repeat, and to race with a retried task
         doing the same (the file is the same either way, and appears atomically)."""
@@ -324,6 +375,7 @@ def run_files(
     empty_result: Callable[[pa.Table], pa.Table],
     *,
     commits_itself: bool = False,
+    whole_file_rows: int = 0,
 ) -> tuple[dict[str, float], RunTiming]:
     """Process every input file without a published output; return totals over all of them
     and what this run processed, in how long.
@@ -332,7 +384,9 @@ def run_files(
     `commits_itself`, `transform(units, stager)` is given the work units (`unit_dataset`, a
     row group each), reads their rows where it processes them (`read_unit_rows`), stages them
     itself with the `Stager` it is given and returns a dataset with one int column: the rows
-    each batch staged. No row then passes through Ray's object store."""
+    each batch staged. No row then passes through Ray's object store. A file of at most
+    `whole_file_rows` rows is then one unit, which the transform publishes itself
+    (`Stager.publish_whole`)."""
     import ray
 
     # Timed: from here (Ray is up, the inputs are listed, the job's settings and threshold are
@@ -365,7 +419,8 @@ def run_files(
         by_schema[file.columns].append(file)
     for group in by_schema.values():
         if commits_itself:
-            staged = transform(unit_dataset(work_units(group)), Stager(output, tracker, stats))
+            units = unit_dataset(work_units(group, whole_file_rows))
+            staged = transform(units, Stager(output, tracker, stats))
             # The receipts are a few bytes a batch; pulling them here is what runs the job.
             for _ in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
                 pass
@@ -391,7 +446,8 @@ def run_files(
 def summed_stats(output: Location, files: list[InputFile]) -> dict[str, float]:
     def read(file: InputFile) -> dict[str, float]:
         with output.fs.open_input_file(output.join(file.relative).path) as handle:
-            metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+            # The footer's key-value metadata: the schema's, and what a stream added at the end.
+            metadata = pq.ParquetFile(handle).metadata.metadata or {}
         return json.loads(metadata[STATS_KEY])
 
     with ThreadPoolExecutor(16) as pool:

@@ -3,12 +3,15 @@
 Every file's footer is read before any work starts, so a malformed file or a missing prompt
 column stops the job at once with the file's name, not hours later. The work list is one unit
 per row group: a big file spreads over many read tasks, and each row carries the file it came
-from and its position there, which is what the per-file commit needs.
+from and its position there, which is what the per-file commit needs. A stage that reads its
+own rows and commits them may take a small file as one unit (`work_units(whole_file_rows=)`),
+read a row group at a time (`iter_file_rows`) and written straight to its output.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -68,9 +71,27 @@ def inspect_inputs(root: Location, prompt_column: str) -> list[InputFile]:
         return list(pool.map(lambda f, r: _inspect(f, r, prompt_column), files, relatives))
 
 
-def work_units(files: list[InputFile]) -> list[dict[str, Any]]:
+# A work unit's `row_group` when the unit is its whole file.
+WHOLE_FILE = -1
+
+
+def work_units(files: list[InputFile], whole_file_rows: int = 0) -> list[dict[str, Any]]:
+    """One unit per non-empty row group; a file of at most `whole_file_rows` rows is one unit
+    of its own (`row_group` WHOLE_FILE, with its `rows`)."""
     units = []
     for file in files:
+        if 0 < file.num_rows <= whole_file_rows:
+            units.append(
+                {
+                    "relative": file.relative,
+                    "path": file.location.path,
+                    "uri": file.location.uri,
+                    "row_group": WHOLE_FILE,
+                    "offset": 0,
+                    "rows": file.num_rows,
+                }
+            )
+            continue
         offset = 0
         for index, rows in enumerate(file.row_groups):
             if rows:
@@ -81,6 +102,7 @@ def work_units(files: list[InputFile]) -> list[dict[str, Any]]:
                         "uri": file.location.uri,
                         "row_group": index,
                         "offset": offset,
+                        "rows": rows,
                     }
                 )
             offset += rows
@@ -97,19 +119,39 @@ def read_row_group(fs: Any, unit: dict[str, Any], columns: list[str] | None = No
         ) from exc
 
 
+def _tagged(table: pa.Table, relative: str, start: int) -> pa.Table:
+    return table.append_column(SOURCE_COLUMN, pa.array([relative] * len(table))).append_column(
+        ROW_COLUMN, pa.array(range(start, start + len(table)), pa.int64())
+    )
+
+
+def iter_file_rows(fs: Any, unit: dict[str, Any]) -> Iterator[pa.Table]:
+    """A whole-file unit's rows, a row group at a time, in order, tagged as `read_unit_rows`
+    tags them: the memory of one row group, whatever the file's size."""
+    try:
+        with fs.open_input_file(unit["path"]) as handle:
+            parquet = pq.ParquetFile(handle)
+            start = 0
+            for index in range(parquet.num_row_groups):
+                table = parquet.read_row_group(index)
+                if len(table):
+                    yield _tagged(table, str(unit["relative"]), start)
+                start += len(table)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{unit['uri']}: unreadable ({exc})") from exc
+
+
 def read_unit_rows(units: dict[str, Any], fs: Any) -> pa.Table:
     """Work units in (a batch of `work_units`, as Ray Data gives it), their rows out, tagged
     with file and position."""
     tables = []
     for i in range(len(units["path"])):
         unit = {name: values[i] for name, values in units.items()}
+        if int(unit["row_group"]) == WHOLE_FILE:
+            tables.extend(iter_file_rows(fs, unit))
+            continue
         table = read_row_group(fs, unit)
-        start = int(unit["offset"])
-        tables.append(
-            table.append_column(
-                SOURCE_COLUMN, pa.array([unit["relative"]] * len(table))
-            ).append_column(ROW_COLUMN, pa.array(range(start, start + len(table)), pa.int64()))
-        )
+        tables.append(_tagged(table, str(unit["relative"]), int(unit["offset"])))
     return pa.concat_tables(tables, promote_options="permissive")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ from batch_jobs.commit import (
 )
 from batch_jobs.inputs import (
     READ_CPUS,
+    WHOLE_FILE,
     InputFile,
     calibration_sample,
     inspect_inputs,
+    iter_file_rows,
     read_unit_rows,
 )
 from batch_jobs.storage import locate
@@ -52,6 +55,10 @@ ROUTE_COLUMN = "route"
 # The embedder sorts each call's prompts by length before batching them, so a larger call pads
 # less (docs/BENCHMARKS.md, batch route).
 DEFAULT_BATCH_SIZE = 4096
+# A file routed whole (one work unit, written straight to its output) is redone whole if the
+# job is killed while it is in flight, and each actor has at most one in flight: files of up
+# to this share of the rows over the actors keep what a rerun redoes under it.
+WHOLE_FILE_SHARE = 0.1
 COST_COLUMN = "estimated_cost"
 # N-model routers: the chosen model, and the quality the router predicts for it.
 MODEL_COLUMN = "model"
@@ -118,7 +125,10 @@ class RouteBatch:
     Given `fs`, a batch is work units (row groups, `batch_jobs.inputs.work_units`) and the
     actor reads their rows itself, routing them `call_rows` at a time: the rows never enter
     Ray's object store, whose pages an actor that reads blocks out of it keeps in its resident
-    memory (so that its RSS grew with the archive: docs/BENCHMARKS.md, issue 29)."""
+    memory (so that its RSS grew with the archive: docs/BENCHMARKS.md, issue 29). A unit that
+    is a whole small file is read, routed and written straight to its output a row group at
+    a time (`Stager.publish_whole`): one write of its rows, not staging, reading back and
+    merging, which cost the job as much CPU as routing once the router got fast."""
 
     def __init__(
         self,
@@ -147,20 +157,38 @@ class RouteBatch:
     def __call__(self, batch: pa.Table | dict[str, Any]) -> pa.Table:
         if self.fs is None:
             routed = self._route(batch)
-        else:
-            rows = read_unit_rows(batch, self.fs)
-            routed = pa.concat_tables(
-                self._route(rows.slice(start, self.call_rows))
-                for start in range(0, max(rows.num_rows, 1), self.call_rows)
-            )
-        if self.stager is None:
-            return routed
-        return pa.table({STAGED_COLUMN: pa.array([self.stager.stage(routed)], pa.int64())})
+            return routed if self.stager is None else self._receipt(self.stager.stage(routed))
+        staged = 0
+        rest = np.ones(len(batch["path"]), bool)
+        if self.stager is not None:
+            # A small file, whole: routed a row group at a time and written straight out.
+            for i in np.flatnonzero(np.asarray(batch["row_group"]) == WHOLE_FILE):
+                unit = {name: values[i] for name, values in batch.items()}
+                routed = self._in_calls(iter_file_rows(self.fs, unit))
+                staged += self.stager.publish_whole(
+                    str(unit["relative"]), int(unit["rows"]), routed
+                )
+                rest[i] = False
+        if not rest.any():
+            return self._receipt(staged)
+        rows = read_unit_rows({name: values[rest] for name, values in batch.items()}, self.fs)
+        routed = pa.concat_tables(self._in_calls([rows]))
+        return routed if self.stager is None else self._receipt(staged + self.stager.stage(routed))
+
+    def _in_calls(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Each table routed `call_rows` rows a router call."""
+        for table in tables:
+            for start in range(0, max(table.num_rows, 1), self.call_rows):
+                yield self._route(table.slice(start, self.call_rows))
 
     def _route(self, table: pa.Table) -> pa.Table:
         return route_table(
             self.router, table, self.threshold, self.prompt_column, self.prices, self.choice
         )
+
+    @staticmethod
+    def _receipt(rows: int) -> pa.Table:
+        return pa.table({STAGED_COLUMN: pa.array([rows], pa.int64())})
 
 
 def route_table(
@@ -495,7 +523,10 @@ def run(
     # calibration included); starting Ray is the caller's and is not in it.
     startup_s = time.perf_counter() - started
     stats = RouteStats(prompt_column, prices, choice)
-    totals, timing = run_files(files, output, route, stats, empty, commits_itself=True)
+    whole_file_rows = int(WHOLE_FILE_SHARE * sum(f.num_rows for f in files) / actors)
+    totals, timing = run_files(
+        files, output, route, stats, empty, commits_itself=True, whole_file_rows=whole_file_rows
+    )
     if choice is not None:
         summary = summarize_models(totals, choice, output_path) | timing.summary()
     else:

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -128,15 +128,32 @@ def write_bytes_atomic(location: Location, data: bytes) -> None:
         handle.write(data)
 
 
-def write_table_atomic(location: Location, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
-    """One Parquet file from `tables` (consumed one at a time), visible only once complete."""
-    with _atomic_local_file(location) as temp, pq.ParquetWriter(temp, schema) as writer:
+def write_table_atomic(
+    location: Location,
+    tables: Iterable[pa.Table],
+    schema: pa.Schema,
+    *,
+    footer: Callable[[], dict[bytes, bytes]] | None = None,
+    upload: Callable[[Callable[..., None]], Callable[..., None]] | None = None,
+) -> None:
+    """One Parquet file from `tables` (consumed one at a time), visible only once complete.
+    `footer()`, called once every table is written, adds key-value metadata to the file's
+    footer (what is known only at the end: totals of a stream). `upload` wraps the copy of the
+    finished local file to S3 (a retry: the rows themselves need not be produced again)."""
+    with (
+        _atomic_local_file(location, upload) as temp,
+        pq.ParquetWriter(temp, schema) as writer,
+    ):
         for table in tables:
             writer.write_table(table.cast(schema))
+        if footer is not None:
+            writer.add_key_value_metadata(footer())
 
 
 @contextlib.contextmanager
-def _atomic_local_file(location: Location) -> Iterator[str]:
+def _atomic_local_file(
+    location: Location, upload: Callable[[Callable[..., None]], Callable[..., None]] | None = None
+) -> Iterator[str]:
     """A local file to fill, then published whole: renamed into place on a local filesystem,
     uploaded in one stream to S3 (an object appears only when its upload completes; a writer
     killed mid-upload leaves nothing visible)."""
@@ -154,5 +171,9 @@ def _atomic_local_file(location: Location) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="routeray-") as scratch:
         temp = os.path.join(scratch, "part")
         yield temp
-        with open(temp, "rb") as source, location.fs.open_output_stream(location.path) as sink:
-            shutil.copyfileobj(source, sink, length=8 << 20)
+        (upload or (lambda copy: copy))(_upload)(temp, location)
+
+
+def _upload(path: str, location: Location) -> None:
+    with open(path, "rb") as source, location.fs.open_output_stream(location.path) as sink:
+        shutil.copyfileobj(source, sink, length=8 << 20)
