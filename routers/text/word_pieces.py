@@ -20,6 +20,12 @@ around CJK characters, lowercasing), and its accent stripping (NFD, then droppin
 non-spacing marks) reorders only runs of combining marks, which no space interrupts. UTF-8
 puts no byte below 0x80 inside a multi-byte character and never uses 0xFF (the separator).
 
+A chunk not yet cached is cut further, at ASCII punctuation (BertPreTokenizer makes every
+ASCII punctuation character a pre-token of its own, so a chunk's tokens are its pieces' tokens
+one after another), and only pieces not yet seen reach the tokenizer: "word," "word." "(word"
+cost it "word" once. On real prompts that is 2.4 times fewer strings to tokenise than distinct
+chunks (docs/BENCHMARKS.md, issue 29).
+
 Left to the caller's own tokenizer path: prompts holding an added token's text ("[PAD]",
 "[UNK]": the tokenizer matches those in the raw text, before lowercasing), and strings that
 are not valid text (a lone surrogate: the tokenizer refuses those, and must go on refusing).
@@ -29,8 +35,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain, compress, repeat
 from operator import attrgetter
 from typing import Any
@@ -42,6 +49,10 @@ import numpy as np
 SEPARATOR = b"\xff"
 # What BertNormalizer's clean_text deletes from ASCII text: category Cc except \t \n \r.
 CONTROL = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+
+# A chunk's pieces: each ASCII punctuation character alone, the runs between them, and the
+# separator that ends each chunk of a batch of new chunks.
+PIECE = re.compile(rb"\xff|[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~\xff]+")
 
 DEFAULT_MAX_CHUNKS = 1 << 18
 DEFAULT_MAX_BYTES = 1 << 23
@@ -117,7 +128,7 @@ class WordPieceCache:
     def __getstate__(self) -> dict[str, Any]:
         # A copy (Ray ships routers to its workers this way) starts with an empty cache of its
         # own: no lock to copy, and no cached chunks to carry.
-        cached = ("_lock", "_index", "_bytes", "_starts", "_lengths", "_ids")
+        cached = ("_lock", "_chunks", "_pieces")
         return {k: v for k, v in self.__dict__.items() if k not in cached}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -131,16 +142,18 @@ class WordPieceCache:
             self._reset()
 
     def _reset(self) -> None:
-        # Chunk 0 is the separator between prompts: no tokens.
-        self._index: dict[bytes, int] = {SEPARATOR: 0}
-        self._bytes = 0
-        self._starts = np.zeros(1, np.int64)  # where chunk k's ids begin in `_ids`
-        self._lengths = np.zeros(1, np.int64)  # how many ids chunk k has
-        self._ids = np.zeros(0, np.int32)
+        self._chunks = _IdTable()
+        # A piece is a substring of a cached chunk: its table is bounded by theirs.
+        self._pieces = _IdTable()
 
     def __len__(self) -> int:
         """Chunks cached (the separator not counted)."""
-        return len(self._index) - 1
+        return len(self._chunks)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of the chunks cached (their pieces, cached apart, take at most as many)."""
+        return self._chunks.bytes
 
     def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(handled, ids, indptr): which of `texts` this path tokenised (a bool per text),
@@ -160,7 +173,9 @@ class WordPieceCache:
         if not count:
             return handled, np.zeros(0, np.int32), np.zeros(1, np.int64)
         with self._lock:
-            ids, ends, index = self._ids_of(data.split())
+            if len(self._chunks) > self.max_chunks or self._chunks.bytes > self.max_bytes:
+                self._reset()
+            ids, ends, index = self._chunks.lookup(data.split(), self._chunk_ids)
         # Text k's ids end where the separator after it stands (the separator has none).
         indptr = np.empty(count + 1, np.int64)
         indptr[0] = 0
@@ -184,38 +199,64 @@ class WordPieceCache:
         separators = np.flatnonzero(np.frombuffer(data, np.uint8) == SEPARATOR[0])
         return np.unique(np.searchsorted(separators, found))
 
-    def _ids_of(self, chunks: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The ids of `chunks` one after another, where each chunk's ids end, and each
-        chunk's number in the cache (0: a separator)."""
-        if len(self) > self.max_chunks or self._bytes > self.max_bytes:
-            self._reset()
-        index = np.fromiter(map(self._index.get, chunks, repeat(-1)), np.int64, len(chunks))
-        missing = index < 0
-        if missing.any():
-            unseen = missing.tolist()
-            self._add(list(dict.fromkeys(compress(chunks, unseen))))
-            index[missing] = np.fromiter(
-                map(self._index.__getitem__, compress(chunks, unseen)), np.int64
-            )
-        lengths = self._lengths[index]
-        ends = np.cumsum(lengths)
-        # Occurrence k's j-th id is _ids[_starts[k] + j] and lands at (ends - lengths)[k] + j:
-        # one repeat of each occurrence's shift, no loop over occurrences.
-        shift = np.repeat(self._starts[index] - (ends - lengths), lengths)
-        return self._ids[np.arange(len(shift)) + shift], ends, index
+    def _chunk_ids(self, chunks: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, lengths) of new distinct chunks: their pieces' ids, one after another."""
+        pieces = PIECE.findall(SEPARATOR.join(chunks) + SEPARATOR)
+        ids, ends, index = self._pieces.lookup(pieces, self._tokenized)
+        # Chunk k's ids end where the separator after it stands.
+        return ids, np.diff(ends[index == 0], prepend=0)
 
-    def _add(self, chunks: list[bytes]) -> None:
-        """Tokenise `chunks` (new, distinct) in one Rust call and append them to the cache."""
+    def _tokenized(self, pieces: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, lengths) of new distinct pieces, in one Rust call."""
         encodings = self.tokenizer.encode_batch_fast(
-            [chunk.decode() for chunk in chunks], add_special_tokens=False
+            [piece.decode() for piece in pieces], add_special_tokens=False
         )
         lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
         ids = np.fromiter(
             chain.from_iterable(map(attrgetter("ids"), encodings)), np.int32, int(lengths.sum())
         )
-        first = len(self._index)
-        self._index.update(zip(chunks, range(first, first + len(chunks)), strict=True))
-        self._bytes += sum(map(len, chunks))
-        self._starts = np.concatenate([self._starts, len(self._ids) + np.cumsum(lengths) - lengths])
-        self._lengths = np.concatenate([self._lengths, lengths])
-        self._ids = np.concatenate([self._ids, ids])
+        return ids, lengths
+
+
+class _IdTable:
+    """Byte strings to token ids, in flat arrays (CSR); key 0 is the separator, with none."""
+
+    def __init__(self) -> None:
+        self.index: dict[bytes, int] = {SEPARATOR: 0}
+        self.bytes = 0
+        self.starts = np.zeros(1, np.int64)  # where key k's ids begin in `ids`
+        self.lengths = np.zeros(1, np.int64)  # how many ids key k has
+        self.ids = np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.index) - 1
+
+    def lookup(
+        self, keys: list[bytes], fill: Callable[[list[bytes]], tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ids of `keys` one after another, where each key's ids end, and each key's number
+        (0: a separator); keys not yet held are added with `fill(new distinct keys)`'s (ids,
+        lengths)."""
+        index = np.fromiter(map(self.index.get, keys, repeat(-1)), np.int64, len(keys))
+        missing = index < 0
+        if missing.any():
+            unseen = missing.tolist()
+            new = list(dict.fromkeys(compress(keys, unseen)))
+            self._add(new, *fill(new))
+            index[missing] = np.fromiter(
+                map(self.index.__getitem__, compress(keys, unseen)), np.int64
+            )
+        lengths = self.lengths[index]
+        ends = np.cumsum(lengths)
+        # Occurrence k's j-th id is ids[starts[k] + j] and lands at (ends - lengths)[k] + j:
+        # one repeat of each occurrence's shift, no loop over occurrences.
+        shift = np.repeat(self.starts[index] - (ends - lengths), lengths)
+        return self.ids[np.arange(len(shift)) + shift], ends, index
+
+    def _add(self, keys: list[bytes], ids: np.ndarray, lengths: np.ndarray) -> None:
+        first = len(self.index)
+        self.index.update(zip(keys, range(first, first + len(keys)), strict=True))
+        self.bytes += sum(map(len, keys))
+        self.starts = np.concatenate([self.starts, len(self.ids) + np.cumsum(lengths) - lengths])
+        self.lengths = np.concatenate([self.lengths, lengths])
+        self.ids = np.concatenate([self.ids, ids.astype(np.int32, copy=False)])

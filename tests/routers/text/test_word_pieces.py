@@ -120,7 +120,7 @@ def test_cache_cleared_midstream_changes_nothing(
     for start in range(0, len(prompts), 7):
         batch = prompts[start : start + 7]
         np.testing.assert_array_equal(embedder.encode(batch), without_cache.encode(batch))
-        sizes.append((len(embedder.words), embedder.words._bytes, batch))
+        sizes.append((len(embedder.words), embedder.words.chunk_bytes, batch))
     assert any(later < earlier for (earlier, _, _), (later, _, _) in pairwise(sizes))
     for chunks, chars, batch in sizes:
         joined = b" ".join(map(str.encode, batch)).translate(None, CONTROL).lower()
@@ -135,7 +135,10 @@ def test_memory_is_bounded_by_the_cache_not_the_traffic(tokenizer: Tokenizer):
         words = ["".join(rng.choice(list("abcdefghij"), 12)) for _ in range(500)]
         cache.token_ids([" ".join(words[i : i + 10]) for i in range(0, 500, 10)])
         assert len(cache) <= 1000 + 500
-    assert len(cache._starts) == len(cache) + 1 and len(cache._ids) <= cache._bytes
+    for table in (cache._chunks, cache._pieces):
+        # Every id covers at least one byte of a cached string; pieces are within chunks.
+        assert len(table.starts) == len(table) + 1 and len(table.ids) <= table.bytes
+    assert cache._pieces.bytes <= cache.chunk_bytes
 
 
 def test_vectors_with_and_without_the_cache(prompts: list[str], without_cache: StaticEmbedder):
