@@ -144,9 +144,25 @@ class StaticEmbedder:
     def cache_key(self) -> str:
         # By content, not name: every router carries its table in a directory named
         # `embedder/`, and two different tables of one size must not share cached vectors.
-        weights = Path(self.model_path) / "model.safetensors"
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-        return f"static-{self.dim}-{digest}"
+        # The code that turns text into vectors here is in the key too, so that a cache never
+        # answers for other code (and other embedders' cached vectors need not depend on it).
+        digest = hashlib.sha256()
+        for path in (*static_sources(), *(Path(self.model_path) / n for n in MODEL_FILES)):
+            if path.is_file():
+                digest.update(path.name.encode() + path.read_bytes())
+        return f"static-{self.dim}-{digest.hexdigest()[:16]}"
+
+
+# What decides a static vector besides the libraries: this module, the chunk cache, and the
+# model's table, tokenizer and settings.
+MODEL_FILES = ("model.safetensors", "tokenizer.json", "config.json")
+
+
+def static_sources() -> tuple[Path, ...]:
+    """The source files of the static embedder (in its cache key)."""
+    from routers.text import word_pieces
+
+    return (Path(__file__), Path(word_pieces.__file__))
 
 
 def _token_table(model: Any) -> np.ndarray:

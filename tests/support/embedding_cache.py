@@ -37,13 +37,19 @@ PREFIX = "embeddings-"
 
 
 def fingerprint() -> str:
-    """A digest of the embedding code, the libraries' versions and the shipped models' files."""
+    """A digest of the embedding code, the libraries' versions and the shipped models' files
+    (the static embedder's code and table are in its own cache key as well)."""
     from routers.shipped import router_path
     from routers.text.embedders import default_model_path
+    from routers.text.static import static_sources
 
     digest = hashlib.sha256()
+    # The static embedder's own code is in its vectors' cache key (StaticEmbedder.cache_key):
+    # a change to it leaves MiniLM's cached vectors, minutes to recompute, where they are.
+    own = {path.name for path in static_sources()}
     for source in sorted(Path(routers.text.__file__).parent.glob("*.py")):
-        digest.update(source.name.encode() + source.read_bytes())
+        if source.name not in own:
+            digest.update(source.name.encode() + source.read_bytes())
     for name in LIBRARIES:
         try:
             digest.update(f"{name}=={version(name)}".encode())
