@@ -511,7 +511,9 @@ def run(
             },
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
+            # One unit at a time per actor: a unit may be a whole file, and units queued on one
+            # actor while another has none would leave the last files waiting behind each other.
+            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
             num_cpus=cpus,
             num_gpus=num_gpus,
         )
