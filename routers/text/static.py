@@ -14,15 +14,14 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from itertools import chain, compress
-from operator import attrgetter
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from routers.text.hf import offline
-from routers.text.word_pieces import WordPieceCache
+from routers.text.word_pieces import WordPieceCache, tokenized
 
 MODEL_TYPE = "model2vec"
 # "0" turns the chunk cache off (bench.batch_route compares the two paths this way).
@@ -106,14 +105,9 @@ class StaticEmbedder:
 
     def _tokenized(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of `texts` by the Rust tokenizer, as CSR rows (ids, indptr)."""
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        # map/chain/attrgetter iterate in C: no Python bytecode runs per prompt or per token.
-        lengths = np.fromiter(map(len, encodings), np.int64, count=len(encodings))
+        ids, lengths = tokenized(self.tokenizer, texts)
         indptr = np.zeros(len(texts) + 1, np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        ids = np.fromiter(
-            chain.from_iterable(map(attrgetter("ids"), encodings)), np.int64, int(indptr[-1])
-        )
         return ids, indptr
 
     def _pool(self, ids: np.ndarray, indptr: np.ndarray) -> np.ndarray:
