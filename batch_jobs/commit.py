@@ -299,9 +299,11 @@ class Stager:
 
             stream = rows_of()
             first = next(stream)
-            schema = first.schema.with_metadata(
-                {k: v for k, v in (first.schema.metadata or {}).items() if k != PIECE_KEY}
-            )
+            # The input's own totals, if it is an earlier job's output, are not this file's:
+            # the footer gets the new ones at the end.
+            stale = (PIECE_KEY, STATS_KEY)
+            kept = {k: v for k, v in (first.schema.metadata or {}).items() if k not in stale}
+            schema = first.schema.with_metadata(kept)
 
             def footer() -> dict[bytes, bytes]:
                 if written != rows:  # never expected; raised here, nothing is published

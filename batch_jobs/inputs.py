@@ -80,31 +80,14 @@ def work_units(files: list[InputFile], whole_file_rows: int = 0) -> list[dict[st
     of its own (`row_group` WHOLE_FILE, with its `rows`)."""
     units = []
     for file in files:
+        where = {"relative": file.relative, "path": file.location.path, "uri": file.location.uri}
         if 0 < file.num_rows <= whole_file_rows:
-            units.append(
-                {
-                    "relative": file.relative,
-                    "path": file.location.path,
-                    "uri": file.location.uri,
-                    "row_group": WHOLE_FILE,
-                    "offset": 0,
-                    "rows": file.num_rows,
-                }
-            )
+            units.append(where | {"row_group": WHOLE_FILE, "offset": 0, "rows": file.num_rows})
             continue
         offset = 0
         for index, rows in enumerate(file.row_groups):
             if rows:
-                units.append(
-                    {
-                        "relative": file.relative,
-                        "path": file.location.path,
-                        "uri": file.location.uri,
-                        "row_group": index,
-                        "offset": offset,
-                        "rows": rows,
-                    }
-                )
+                units.append(where | {"row_group": index, "offset": offset, "rows": rows})
             offset += rows
     return units
 

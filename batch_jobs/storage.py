@@ -171,7 +171,8 @@ def _atomic_local_file(
     with tempfile.TemporaryDirectory(prefix="routeray-") as scratch:
         temp = os.path.join(scratch, "part")
         yield temp
-        (upload or (lambda copy: copy))(_upload)(temp, location)
+        copy = upload(_upload) if upload else _upload
+        copy(temp, location)
 
 
 def _upload(path: str, location: Location) -> None:

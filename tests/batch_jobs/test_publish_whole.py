@@ -3,6 +3,7 @@ with the same rows and totals as the staged path, once, whatever dies where."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +106,16 @@ def test_a_short_file_is_refused_before_it_is_published(local_ray, tmp_path: Pat
     with pytest.raises(RuntimeError, match="2 rows read of its 10"):
         stager.publish_whole(FILE, 10, iter([rows]))
     assert not (tmp_path / "out" / FILE).exists()
+
+
+def test_an_earlier_jobs_totals_in_the_input_are_replaced(local_ray, tmp_path: Path):
+    """Routing an archive that is itself a job's output: its schema carries that job's totals,
+    which must not survive beside the new ones."""
+    tracker = local_ray.remote(CommitTracker).remote({FILE: 2}, 0, 1)
+    stager = Stager(locate(str(tmp_path / "out")), tracker, stats)
+    rows = pa.table({"id": [1, 2], SOURCE_COLUMN: [FILE] * 2, ROW_COLUMN: [0, 1]})
+    rows = rows.replace_schema_metadata({STATS_KEY: b'{"rows": 99}', b"kept": b"yes"})
+    assert stager.publish_whole(FILE, 2, iter([rows])) == 2
+    written = pq.ParquetFile(tmp_path / "out" / FILE)
+    assert written.schema_arrow.metadata == {b"kept": b"yes"}
+    assert json.loads(written.metadata.metadata[STATS_KEY]) == {"rows": 2, "id_sum": 3.0}
